@@ -1,0 +1,192 @@
+"""The typed schema of params.yaml: every stage validates what it reads here first.
+
+A mistake in params.yaml (or in `dvc exp run -S key=value`) must fail in a second
+with one line naming the key, the value and what is allowed, before any data is
+touched. Pydantic in strict mode gives that: no silent "1.5 epochs" -> 1.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from src.cli import UserError
+
+MODELS = ("resnet18", "resnet34", "resnet50")
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+CIFAR100_TRAIN_SIZE = 50_000
+CIFAR100_TEST_SIZE = 10_000
+
+
+class Section(BaseModel):
+    # strict: a YAML string is not a number and a float is not an int;
+    # forbid: a misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+PositiveFloat = Field(gt=0)
+
+
+class DataParams(Section):
+    url: str = CIFAR100_URL
+    md5: str = CIFAR100_MD5
+    train_limit: Optional[int] = Field(default=None, ge=1, le=CIFAR100_TRAIN_SIZE)
+    test_limit: Optional[int] = Field(default=None, ge=1, le=CIFAR100_TEST_SIZE)
+    val_size: int = Field(default=0, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _supported_scheme(cls, url: str) -> str:
+        scheme = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", url)
+        if scheme and scheme.group(1).lower() not in ("http", "https", "file"):
+            raise ValueError("must be an http://, https:// or file:// URL or a local path")
+        if not url.strip():
+            raise ValueError("must not be empty")
+        return url
+
+    @field_validator("md5")
+    @classmethod
+    def _hex_digest(cls, md5: str) -> str:
+        if not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
+            raise ValueError("must be 32 hexadecimal digits (the archive's md5)")
+        return md5.lower()
+
+    @model_validator(mode="after")
+    def _val_smaller_than_train(self) -> "DataParams":
+        train_size = self.train_limit or CIFAR100_TRAIN_SIZE
+        if self.val_size >= train_size:
+            raise ValueError(
+                f"data.val_size = {self.val_size} must be smaller than the training set "
+                f"({train_size} images)"
+            )
+        return self
+
+
+class AugmentParams(Section):
+    crop: Literal["pad", "resized"] = "pad"
+    crop_padding: int = Field(default=4, ge=0, le=16)
+    resized_scale: tuple[float, float] = (0.35, 1.0)
+    hflip_p: float = Field(default=0.5, ge=0, le=1)
+    cutout_size: int = Field(default=16, ge=0, le=32)
+    cutout_p: float = Field(default=0.5, ge=0, le=1)
+    offline_copies: int = Field(default=0, ge=0, le=10)
+    preview_images: int = Field(default=64, ge=1, le=256)
+
+    @field_validator("resized_scale", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value):
+        # YAML has no tuples; accept a two-element list.
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("resized_scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high <= 1:
+            raise ValueError("must be [low, high] with 0 < low <= high <= 1")
+        return value
+
+
+class ModelRecipe(Section):
+    epochs_scale: float = Field(default=1.0, gt=0)
+    lr_scale: float = Field(default=1.0, gt=0)
+    mixup_alpha: float = Field(default=0.0, ge=0)
+    autoaugment: bool = False
+
+
+class ModelParams(Section):
+    width: int = Field(default=64, ge=1, le=512)
+    resnet18: ModelRecipe = ModelRecipe()
+    resnet34: ModelRecipe = ModelRecipe()
+    resnet50: ModelRecipe = ModelRecipe(epochs_scale=2.0, mixup_alpha=0.2, autoaugment=True)
+
+
+class TrainParams(Section):
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(default=5e-4, ge=0)
+    decay_norm_and_bias: bool = False
+    schedule: Literal["cosine", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(default=5, ge=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    grad_clip_norm: Optional[float] = Field(default=None, gt=0)
+
+
+AutoFlag = Union[Literal["auto"], bool]
+
+
+class RuntimeParams(Section):
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    compile: AutoFlag = "auto"
+    gpu_augment: AutoFlag = "auto"
+    workers: Union[Literal["auto"], int] = "auto"
+    deterministic: bool = False
+    eval_batch_size: int = Field(default=1024, ge=1)
+
+    @field_validator("workers")
+    @classmethod
+    def _non_negative(cls, value):
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be 'auto' or a whole number >= 0")
+        return value
+
+
+class Params(Section):
+    seed: int = Field(default=0, ge=0, lt=2**32)
+    lr: float = Field(default=0.4, gt=0, le=100)
+    epochs: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=512, ge=1)
+    data: DataParams = DataParams()
+    augment: AugmentParams = AugmentParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    runtime: RuntimeParams = RuntimeParams()
+
+    def recipe(self, model_name: str) -> ModelRecipe:
+        return getattr(self.model, model_name)
+
+    def model_epochs(self, model_name: str) -> int:
+        return max(1, round(self.epochs * self.recipe(model_name).epochs_scale))
+
+    def model_lr(self, model_name: str) -> float:
+        return self.lr * self.recipe(model_name).lr_scale
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"params.yaml: unknown key '{key}': remove it or check its spelling (see src/params.py)"
+    if error["type"] == "missing":
+        return f"params.yaml: key '{key}' is missing"
+    value = error.get("input")
+    return (
+        f"params.yaml: {key} = {value!r} is not allowed: {message}. "
+        f"Fix params.yaml or pass `dvc exp run -S {key}=...`"
+    )
+
+
+def parse_params(raw: dict) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        # One line for the first problem keeps the message readable; the rest follow.
+        lines = [_describe(e) for e in error.errors(include_url=False)]
+        raise UserError("\n".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run the stage from the repository root") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML: {error}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must be a mapping of keys to values, found {type(raw).__name__}")
+    return parse_params(raw)
