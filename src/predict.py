@@ -1,0 +1,34 @@
+"""Batched inference: logits for a split of uint8 images, the one way every stage runs a model."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.runtime import Runtime
+from src.train.data import Normalizer
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, normalize: Normalizer, runtime: Runtime,
+                   batch_size: int) -> torch.Tensor:
+    """float32 logits (N, classes) on the CPU; the model is put in eval mode and left there."""
+    model.eval()
+    source = torch.from_numpy(images)
+    if runtime.device.type == "cuda":
+        source = source.pin_memory()
+    outputs = []
+    for start in range(0, len(source), batch_size):
+        with runtime.autocast():
+            logits = model(normalize(source[start:start + batch_size]))
+        outputs.append(logits.float())
+    return torch.cat(outputs).cpu()
+
+
+def loss_and_accuracy(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
+    """Cross-entropy (no smoothing) and top-1 accuracy in percent."""
+    target = torch.from_numpy(labels)
+    loss = F.cross_entropy(logits, target).item()
+    accuracy = (logits.argmax(1) == target).float().mean().item() * 100
+    return loss, accuracy

@@ -1,0 +1,89 @@
+"""Resumable training state and the final model file.
+
+A checkpoint is only resumed when its fingerprint matches: the same training
+params, the same prepared data and the same code. Anything else starts fresh
+and says why. Files are written atomically and read with weights_only=True, so
+a truncated or hostile file is refused instead of executed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from pathlib import Path
+
+import albumentations
+import torch
+import torchvision
+
+from src.cli import UserError, staged_file
+
+
+def files_md5(paths: list[Path]) -> str:
+    digest = hashlib.md5()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_hash(folder: str | Path) -> str:
+    """md5 over the files of a DVC output folder (names and contents)."""
+    return files_md5([p for p in Path(folder).iterdir() if p.is_file()])
+
+
+def code_hash() -> str:
+    """md5 over the source of every project module loaded in this process."""
+    files = {Path(module.__file__) for name, module in list(sys.modules.items())
+             if name.split(".")[0] in ("src", "stages") and getattr(module, "__file__", None)}
+    return files_md5(list(files))
+
+
+def fingerprint(training_params: dict, prepared_hash: str) -> str:
+    blob = json.dumps({"params": training_params, "data": prepared_hash, "code": code_hash()},
+                      sort_keys=True)
+    return hashlib.md5(blob.encode()).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "albumentations": albumentations.__version__}
+
+
+def save(state: dict, path: str | Path) -> None:
+    with staged_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, expected_fingerprint: str) -> tuple[dict | None, str]:
+    """(state, message): the state to resume from, or None and why training starts fresh."""
+    path = Path(path)
+    if not path.exists():
+        return None, "no checkpoint: starting from scratch"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, corrupt or hostile: never resume from it
+        return None, f"ignoring unreadable checkpoint {path} ({type(error).__name__}): starting fresh"
+    if not isinstance(state, dict) or state.get("fingerprint") != expected_fingerprint:
+        return None, (f"ignoring checkpoint {path}: it was made with other params, data or code; "
+                      "starting fresh")
+    return state, f"resuming from {path} after epoch {state['epoch']}"
+
+
+def load_model_file(path: str | Path) -> dict:
+    """A models/<name>.pt file, refusing anything torch's weights_only loader refuses."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run `dvc repro` to train it") from None
+    except Exception as error:
+        raise UserError(f"refusing {path}: expected a model file written by the train stage, "
+                        f"found something torch's safe loader rejects ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:200]}). Delete it and run `dvc repro`.") from None
+    if not isinstance(state, dict) or "state_dict" not in state or "architecture" not in state:
+        raise UserError(f"refusing {path}: it is not a model file written by the train stage "
+                        "(no state_dict/architecture). Delete it and run `dvc repro`.")
+    return state

@@ -1,0 +1,80 @@
+"""Training batches: whole-batch fetching through the saved albumentations pipeline.
+
+Each DataLoader item is one batch: the sampler hands a worker (batch_seed, indices),
+the worker augments those images as uint8 and returns one tensor. Seeding the
+pipeline per batch from (seed, epoch, batch) makes the images independent of the
+number of workers and exactly repeatable after a resume. Normalisation (and, with
+runtime.gpu_augment, the whole crop/flip/cutout) happens on the training device.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from src.augment import pipelines
+
+
+class EpochBatches(Sampler):
+    """Yields (batch_seed, indices) for a fresh permutation every epoch; drops the last partial batch."""
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        self.size, self.batch_size, self.seed, self.epoch = size, min(batch_size, size), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.size)
+        batch_seeds = rng.integers(0, 2**31, size=len(self))
+        for i in range(len(self)):
+            yield int(batch_seeds[i]), order[i * self.batch_size:(i + 1) * self.batch_size]
+
+
+class AugmentedBatches(Dataset):
+    """Images and labels of a split; indexing by (seed, indices) returns an augmented batch."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, pipeline=None):
+        self.images, self.labels, self.pipeline = images, labels, pipeline
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item):
+        batch_seed, indices = item
+        indices = np.sort(indices)  # sorted reads are faster; the batch order does not matter
+        images = self.images[indices]
+        if self.pipeline is not None:
+            self.pipeline.set_random_seed(batch_seed)
+            images = pipelines.augment_batch(self.pipeline, images)
+        return torch.from_numpy(images), torch.from_numpy(self.labels[indices])
+
+
+def train_loader(images, labels, pipeline, batch_size: int, seed: int, workers: int,
+                 pin_memory: bool) -> DataLoader:
+    sampler = EpochBatches(len(images), batch_size, seed)
+    return DataLoader(
+        AugmentedBatches(images, labels, pipeline), sampler=sampler, batch_size=None,
+        num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+class Normalizer:
+    """uint8 NHWC batches -> normalised float NCHW on the device (channels_last strides when asked)."""
+
+    def __init__(self, mean, std, device: torch.device, channels_last: bool):
+        self.mean = torch.as_tensor(np.asarray(mean) * 255, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.as_tensor(np.asarray(std) * 255, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.device, self.channels_last = device, channels_last
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        # NHWC -> NCHW as a view: the strides are already channels_last.
+        x = images.permute(0, 3, 1, 2).float()
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
