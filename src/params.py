@@ -137,7 +137,7 @@ class RuntimeParams(Section):
 
 class Params(Section):
     seed: int = Field(default=0, ge=0, lt=2**32)
-    lr: float = Field(default=0.4, gt=0, le=100)
+    lr: float = Field(default=0.4, gt=0)
     epochs: int = Field(default=100, ge=1)
     batch_size: int = Field(default=512, ge=1)
     data: DataParams = DataParams()

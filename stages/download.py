@@ -9,9 +9,8 @@ Nothing is left under data/ if any step fails.
 """
 import json
 
-import numpy as np
-
 from src.cli import run, staged_dir
+from src.data import splits
 from src.data.archive import MEMBERS, check_md5, decode_meta, decode_split, fetch, read_members, restricted_loads
 from src.params import load_params
 
@@ -31,7 +30,7 @@ def main() -> None:
         for split in ("train", "test"):
             entry = restricted_loads(members.pop(split), MEMBERS[split])
             arrays = decode_split(entry, split)
-            np.savez(out / f"{split}.npz", **arrays)
+            splits.save(out / f"{split}.npz", arrays)
             print(f"{split}: {len(arrays['images'])} images")
         meta = {"archive_url": params.url, "archive_md5": md5, **names}
         (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

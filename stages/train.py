@@ -21,7 +21,7 @@ from src.params import load_params
 from src.predict import loss_and_accuracy, predict_logits
 from src.runtime import resolve, seed_everything
 from src.train import checkpoint
-from src.train.data import Normalizer, train_loader
+from src.train.data import Normalizer, make_batches
 from src.train.loop import Diverged, StepRecipe, train_epoch
 from src.train.optim import build_optimizer
 
@@ -43,8 +43,8 @@ def main() -> None:
     transform = "train_autoaugment" if recipe.autoaugment else "train"
     augment, mean, std = pipelines.split_normalize(pipelines.load(f"{PREPARED}/transform_{transform}.json"))
     normalize = Normalizer(mean, std, runtime.device, runtime.channels_last)
-    batches = train_loader(train["images"], train["fine_labels"], augment, params.batch_size,
-                           params.seed, runtime.workers, pin_memory=runtime.device.type == "cuda")
+    batches = make_batches(train["images"], train["fine_labels"], augment, params.batch_size,
+                           params.seed, runtime)
 
     model = build_model(name, width=params.model.width).to(runtime.device)
     if runtime.channels_last:
@@ -78,7 +78,7 @@ def main() -> None:
         for row in history:  # a resumed run re-logs the finished epochs: one complete curve
             _log(live, row)
         for epoch in range(len(history), epochs):
-            batches.sampler.set_epoch(epoch)
+            batches.set_epoch(epoch)
             try:
                 row = train_epoch(forward, optimizer, batches, prepare, step_recipe, runtime,
                                   epoch=epoch, epochs=epochs, first_step=epoch * steps,

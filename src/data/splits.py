@@ -1,6 +1,7 @@
 """The prepared splits: limits, a stratified hold-out, channel statistics, npz files."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +37,19 @@ def stratified_holdout(labels: np.ndarray, size: int, seed: int) -> tuple[np.nda
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 (N, H, W, C) images, in [0, 1] units."""
-    pixels = images.reshape(-1, images.shape[-1])
-    total = np.zeros(pixels.shape[1])
-    squares = np.zeros(pixels.shape[1])
-    for start in range(0, len(pixels), 1 << 22):  # chunks bound memory to ~100 MB
-        chunk = pixels[start:start + (1 << 22)].astype(np.float64) / 255
-        total += chunk.sum(0)
-        squares += (chunk ** 2).sum(0)
-    mean = total / len(pixels)
-    std = np.sqrt(squares / len(pixels) - mean ** 2)
-    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+    """Per-channel mean and std of uint8 (N, H, W, C) images, in [0, 1] units.
+
+    Exact, from a histogram of the 256 values per channel: faster than float sums
+    over 50M pixels and free of rounding (a constant channel has std exactly 0).
+    """
+    values = np.arange(256) / 255
+    mean, std = [], []
+    for channel in range(images.shape[-1]):
+        counts = np.bincount(images[..., channel].ravel(), minlength=256)
+        m = counts @ values / counts.sum()
+        mean.append(round(float(m), 6))
+        std.append(round(float(np.sqrt(counts @ (values - m) ** 2 / counts.sum())), 6))
+    return mean, std
 
 
 def fine_to_coarse(fine: np.ndarray, coarse: np.ndarray, num_fine: int = 100) -> list[int]:
@@ -58,7 +61,13 @@ def fine_to_coarse(fine: np.ndarray, coarse: np.ndarray, num_fine: int = 100) ->
 
 
 def save(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    np.savez(path, **{k: arrays[k] for k in KEYS})
+    """Like np.savez, but byte-for-byte repeatable: np.savez stamps the current time into
+    the zip, which would give DVC a new hash, and every model a retrain, on each rebuild."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, array in arrays.items():
+            member = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(member, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def load(path: str | Path) -> dict[str, np.ndarray]:

@@ -49,8 +49,8 @@ def fingerprint(training_params: dict, prepared_hash: str) -> str:
 
 
 def versions() -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "albumentations": albumentations.__version__}
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "albumentations": str(albumentations.__version__)}
 
 
 def save(state: dict, path: str | Path) -> None:

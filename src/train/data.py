@@ -13,6 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.augment import pipelines
+from src.augment.gpu import CropFlipCutout, DeviceBatches
+from src.runtime import Runtime
 
 
 class EpochBatches(Sampler):
@@ -54,14 +56,39 @@ class AugmentedBatches(Dataset):
         return torch.from_numpy(images), torch.from_numpy(self.labels[indices])
 
 
-def train_loader(images, labels, pipeline, batch_size: int, seed: int, workers: int,
-                 pin_memory: bool) -> DataLoader:
-    sampler = EpochBatches(len(images), batch_size, seed)
-    return DataLoader(
-        AugmentedBatches(images, labels, pipeline), sampler=sampler, batch_size=None,
-        num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-    )
+class LoaderBatches:
+    """Batches from DataLoader workers running the albumentations pipeline."""
+
+    def __init__(self, images, labels, pipeline, batch_size: int, seed: int, workers: int,
+                 pin_memory: bool):
+        self.sampler = EpochBatches(len(images), batch_size, seed)
+        self.loader = DataLoader(
+            AugmentedBatches(images, labels, pipeline), sampler=self.sampler, batch_size=None,
+            num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def make_batches(images: np.ndarray, labels: np.ndarray, pipeline, batch_size: int, seed: int,
+                 runtime: Runtime):
+    """The training batches: on-device augmentation when asked and possible, else workers."""
+    if runtime.gpu_augment:
+        augment = CropFlipCutout.from_pipeline(pipeline)
+        if augment is not None:
+            return DeviceBatches(images, labels, augment, batch_size, seed, runtime.device)
+        print("runtime.gpu_augment: this pipeline has steps beyond crop/flip/cutout; "
+              "augmenting in DataLoader workers instead")
+    return LoaderBatches(images, labels, pipeline, batch_size, seed, runtime.workers,
+                         pin_memory=runtime.device.type == "cuda")
 
 
 class Normalizer:

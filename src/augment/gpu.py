@@ -1,0 +1,120 @@
+"""The standard crop/flip/cutout on whole batches on the training device.
+
+On a GPU, per-image albumentations in loader workers cannot feed 25,000+ img/s,
+so with runtime.gpu_augment the training set lives on the GPU (150 MB as uint8)
+and these tensor ops replace the pipeline's uint8 part. They are read from the
+saved pipeline (so the augment stage's JSON stays the single definition), and
+match albumentations' transforms for the same draws (tests/test_gpu_augment.py):
+  Pad(p) + RandomCrop(32): top-left corner uniform in [0, 2p]^2 of the padded image
+  HorizontalFlip(p)
+  CoarseDropout, one hole of side s: top-left uniform in [0, 32 - s]^2, filled with `fill`
+A pipeline with anything else (AutoAugment, RandomResizedCrop) stays on the CPU path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import albumentations as A
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The random choices for a batch of n images (int64 tensors of shape (n,))."""
+    crop_y: torch.Tensor
+    crop_x: torch.Tensor
+    flip: torch.Tensor       # bool
+    cutout: torch.Tensor     # bool
+    hole_y: torch.Tensor
+    hole_x: torch.Tensor
+
+
+@dataclass(frozen=True)
+class CropFlipCutout:
+    padding: int
+    hflip_p: float
+    hole: int                # cutout side in pixels, 0: none
+    cutout_p: float
+    fill: tuple[int, int, int]
+
+    @classmethod
+    def from_pipeline(cls, pipeline: A.Compose) -> "CropFlipCutout | None":
+        """The equivalent batch op for a pipeline's uint8 part, or None if it has other steps."""
+        settings = {"padding": 0, "hflip_p": 0.0, "hole": 0, "cutout_p": 0.0, "fill": (0, 0, 0)}
+        for t in pipeline.transforms:
+            if isinstance(t, A.Pad) and t.fill == 0 and isinstance(t.padding, int):
+                settings["padding"] = t.padding
+            elif isinstance(t, A.RandomCrop) and (t.height, t.width) == (32, 32):
+                pass
+            elif isinstance(t, A.HorizontalFlip):
+                settings["hflip_p"] = t.p
+            elif (isinstance(t, A.CoarseDropout) and tuple(t.num_holes_range) == (1, 1)
+                  and t.hole_height_range[0] == t.hole_height_range[1] == t.hole_width_range[0]
+                  == t.hole_width_range[1] and t.hole_height_range[0] >= 1):
+                settings.update(hole=int(t.hole_height_range[0]), cutout_p=t.p,
+                                fill=tuple(int(v) for v in np.broadcast_to(t.fill, 3)))
+            else:
+                return None
+        return cls(**settings)
+
+    def draw(self, n: int, generator: torch.Generator, device: torch.device) -> Draws:
+        def uniform_int(high: int) -> torch.Tensor:  # in [0, high]
+            return torch.randint(0, high + 1, (n,), generator=generator, device=device)
+
+        def coin(p: float) -> torch.Tensor:
+            return torch.rand(n, generator=generator, device=device) < p
+
+        return Draws(uniform_int(2 * self.padding), uniform_int(2 * self.padding), coin(self.hflip_p),
+                     coin(self.cutout_p), uniform_int(32 - self.hole), uniform_int(32 - self.hole))
+
+    def apply(self, images: torch.Tensor, draws: Draws) -> torch.Tensor:
+        """uint8 (N, 32, 32, C) -> uint8 (N, 32, 32, C), as albumentations would for these draws."""
+        n, size = len(images), images.shape[1]
+        ramp = torch.arange(size, device=images.device)
+        # Crop from the zero-padded image by gathering rows and columns; an index that falls
+        # in the padding reads 0.
+        rows = draws.crop_y[:, None] + ramp - self.padding              # (N, 32) source rows
+        cols = draws.crop_x[:, None] + ramp - self.padding
+        cols = torch.where(draws.flip[:, None], cols.flip(1), cols)     # flip = read columns backwards
+        inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]
+        batch = torch.arange(n, device=images.device)[:, None, None]
+        out = images[batch, rows.clamp(0, size - 1)[:, :, None], cols.clamp(0, size - 1)[:, None, :]]
+        out = out * inside[..., None]
+        if self.hole > 0:
+            in_hole = (((ramp[None] >= draws.hole_y[:, None]) & (ramp[None] < draws.hole_y[:, None] + self.hole))[:, :, None]
+                       & ((ramp[None] >= draws.hole_x[:, None]) & (ramp[None] < draws.hole_x[:, None] + self.hole))[:, None, :]
+                       & draws.cutout[:, None, None])
+            fill = torch.tensor(self.fill, dtype=images.dtype, device=images.device)
+            out = torch.where(in_hole[..., None], fill, out)
+        return out
+
+
+class DeviceBatches:
+    """Training batches drawn from a split kept on the device, augmented there.
+
+    Same contract as the loader in src/train/data.py: set_epoch(), len(), and
+    (uint8 NHWC images, labels) batches, repeatable from (seed, epoch).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: CropFlipCutout,
+                 batch_size: int, seed: int, device: torch.device):
+        self.images = torch.from_numpy(images).to(device)
+        self.labels = torch.from_numpy(labels).to(device)
+        self.augment, self.seed, self.device = augment, seed, device
+        self.batch_size, self.epoch = min(batch_size, len(images)), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch_size
+
+    def __iter__(self):
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.images), generator=generator, device=self.device)
+        for i in range(len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            draws = self.augment.draw(len(index), generator, self.device)
+            yield self.augment.apply(self.images[index], draws), self.labels[index]

@@ -1,0 +1,160 @@
+"""Speed and memory of the training and evaluation paths against bare PyTorch, in one run.
+
+    python tests/benchmark.py --device cpu --model resnet18 --width 16 --batch-size 128 --json
+
+Not collected by pytest. Every figure is best-of-`--repeats` after a warm-up, and the
+project's paths are timed beside a minimal PyTorch loop on the same model config, so
+the ratios hold on a noisy machine:
+  train_step_img_s         the stage's epoch loop (lr schedule, loss policy, checks) on batches
+                           already in memory on the device
+  bare_step_img_s          model -> cross_entropy -> backward -> SGD step, nothing else
+  epoch_img_s              a whole epoch through the stage's batches (workers or on-device)
+  loader_img_s_per_worker  the worker-side pipeline alone in one process (albumentations, collate)
+  eval_img_s               the evaluation path (predict_logits) on uint8 images
+  bare_eval_img_s          a bare forward pass under no_grad on normalised tensors
+  peak_rss_mb, peak_gpu_mb peak memory of this process (and the GPU)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.augment import pipelines  # noqa: E402
+from src.models.resnet import build_model  # noqa: E402
+from src.params import AugmentParams, RuntimeParams, TrainParams  # noqa: E402
+from src.predict import predict_logits  # noqa: E402
+from src.runtime import resolve  # noqa: E402
+from src.train.data import LoaderBatches, Normalizer, make_batches  # noqa: E402
+from src.train.loop import StepRecipe, train_epoch  # noqa: E402
+from src.train.optim import build_optimizer  # noqa: E402
+
+MEAN, STD = [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]  # CIFAR-100 train split
+
+
+def best_rate(run, images_per_call: int, repeats: int, sync) -> float:
+    """Images per second of the fastest of `repeats` calls, after one warm-up call."""
+    run()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return images_per_call / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    parser.add_argument("--model", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per timed call")
+    parser.add_argument("--epoch-images", type=int, default=None,
+                        help="images in the timed epoch (default: 50,000 on CUDA, 20 batches elsewhere)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+
+    compile_flag = {"auto": "auto", "true": True, "false": False}[args.compile]
+    runtime = resolve(RuntimeParams(device=args.device, compile=compile_flag))
+    device, batch = runtime.device, args.batch_size
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
+
+    def new_model():
+        model = build_model(args.model, width=args.width).to(device, memory_format=memory_format)
+        return model, (torch.compile(model) if runtime.compile else model)
+
+    normalize = Normalizer(MEAN, STD, device, runtime.channels_last)
+    images = torch.from_numpy(rng.integers(0, 256, (args.steps * batch, 32, 32, 3), dtype=np.uint8)).to(device)
+    labels = torch.from_numpy(rng.integers(0, 100, args.steps * batch)).to(device)
+    resident = [(images[i * batch:(i + 1) * batch], labels[i * batch:(i + 1) * batch]) for i in range(args.steps)]
+    recipe = StepRecipe(label_smoothing=0.1, mixup_alpha=0.0, grad_clip_norm=None)
+    prepare = lambda x, y: (normalize(x), y.to(device, non_blocking=True))  # noqa: E731 as in stages/train.py
+
+    model, forward = new_model()
+    optimizer = build_optimizer(model, TrainParams(), device)
+
+    def project_epoch(batches, count):
+        return lambda: train_epoch(forward, optimizer, batches, prepare, recipe, runtime, epoch=0,
+                                   epochs=1, first_step=0, total_steps=10 * count, warmup_steps=count,
+                                   peak_lr=0.1, schedule="cosine", seed=0, desc="bench")
+
+    figures = {"train_step_img_s": best_rate(project_epoch(resident, args.steps), args.steps * batch,
+                                             args.repeats, sync)}
+
+    bare_model, bare_forward = new_model()
+    bare_optimizer = torch.optim.SGD(bare_model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                                     weight_decay=5e-4, fused=device.type == "cuda" or None)
+    normalised = [(normalize(x), y) for x, y in resident]
+
+    def bare_steps():
+        bare_model.train()
+        for x, y in normalised:
+            with runtime.autocast():
+                loss = F.cross_entropy(bare_forward(x), y, label_smoothing=0.1)
+            bare_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            bare_optimizer.step()
+
+    figures["bare_step_img_s"] = best_rate(bare_steps, args.steps * batch, args.repeats, sync)
+
+    pipeline = pipelines.split_normalize(pipelines.build_train(AugmentParams(), MEAN, STD))[0]
+    epoch_images = args.epoch_images or (50_000 if device.type == "cuda" else 20 * batch)
+    train_images = rng.integers(0, 256, (epoch_images, 32, 32, 3), dtype=np.uint8)
+    train_labels = rng.integers(0, 100, epoch_images)
+    batches = make_batches(train_images, train_labels, pipeline, batch, 0, runtime)
+    figures["epoch_img_s"] = best_rate(project_epoch(batches, len(batches)), len(batches) * batch,
+                                       max(1, args.repeats - 1), sync)
+
+    in_process = LoaderBatches(train_images, train_labels, pipeline, batch, 0, workers=0, pin_memory=False)
+    figures["loader_img_s_per_worker"] = best_rate(lambda: [b for b in in_process], len(in_process) * batch,
+                                                   args.repeats, lambda: None)
+
+    eval_images = train_images[:args.steps * batch]
+    figures["eval_img_s"] = best_rate(lambda: predict_logits(forward, eval_images, normalize, runtime, batch),
+                                      len(eval_images), args.repeats, sync)
+
+    @torch.no_grad()
+    def bare_eval():
+        bare_model.eval()
+        for x, _ in normalised:
+            with runtime.autocast():
+                bare_forward(x)
+
+    figures["bare_eval_img_s"] = best_rate(bare_eval, args.steps * batch, args.repeats, sync)
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        figures["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    figures = {k: round(v, 1) for k, v in figures.items()}
+    figures["ratios"] = {
+        "train_step/bare_step": round(figures["train_step_img_s"] / figures["bare_step_img_s"], 3),
+        "epoch/train_step": round(figures["epoch_img_s"] / figures["train_step_img_s"], 3),
+        "eval/bare_eval": round(figures["eval_img_s"] / figures["bare_eval_img_s"], 3),
+    }
+    figures["config"] = {"device": runtime.describe(), "model": args.model, "width": args.width,
+                         "batch_size": batch, "torch": str(torch.__version__)}
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key:>26}: {value}")
+
+
+if __name__ == "__main__":
+    main()

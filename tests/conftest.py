@@ -1,0 +1,289 @@
+"""Shared fixtures: a generated CIFAR-100 archive, a loopback HTTP server, project copies.
+
+Nothing here mocks DVC, torch or the stages: tests run the real stage scripts
+and the real `dvc` in temporary copies of the working tree.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+import cifar_archive as ca
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+GENUINE_PARTS = sorted((SHARED / "cifar100").glob("cifar-100-python.tar.gz.part*"))
+GENUINE_MD5 = "9c600102c9dd81479547f7fbb69f9571"
+BIN_DIR = Path(sys.executable).parent  # the venv's python and dvc
+ARCHIVE_NAME = "cifar-100-python.tar.gz"
+
+_timings: dict[str, float] = {}
+
+
+# --------------------------------------------------------------------------- commands
+
+def run_cmd(args: list[str | os.PathLike], cwd: str | os.PathLike, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a command with the venv's python and dvc first on PATH; capture text output."""
+    full_env = {
+        **os.environ,
+        "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+        "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    full_env.pop("PYTHONPATH", None)  # the stages import src/ from the copy, not from here
+    return subprocess.run([str(a) for a in args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_equal_arrays(actual: np.ndarray, expected: np.ndarray, what: str = "arrays") -> None:
+    """Same shape, dtype kind and values; fast on 150 MB (np.testing's version takes seconds)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    equal = actual == expected
+    if not equal.all():
+        wrong = np.argwhere(~equal)
+        raise AssertionError(f"{what}: {len(wrong)} elements differ, first at index "
+                             f"{tuple(wrong[0])}: {actual[tuple(wrong[0])]} != {expected[tuple(wrong[0])]}")
+
+
+# --------------------------------------------------------------------------- archive
+
+@dataclass
+class Archive:
+    path: Path
+    md5: str
+    entries: dict  # {'train', 'test', 'meta'}: the entries pickled into the members
+    seconds: float  # time it took to generate and write
+
+    def expected(self, split: str) -> dict:
+        return ca.expected_arrays(self.entries[split])
+
+
+@pytest.fixture(scope="session")
+def cifar_archive(tmp_path_factory) -> Archive:
+    """A full-size (50,000 + 10,000) archive in the official format, built once per session.
+
+    Its path and md5, plus the entries pickled into it (to compare outputs with).
+    """
+    start = time.perf_counter()
+    entries = ca.make_cifar_images(seed=0)
+    path = tmp_path_factory.mktemp("cifar") / ARCHIVE_NAME
+    md5 = ca.write_archive(path, **entries)
+    seconds = time.perf_counter() - start
+    _timings["cifar_archive (generate + write full-size archive)"] = seconds
+    return Archive(path, md5, entries, seconds)
+
+
+def pytest_terminal_summary(terminalreporter):
+    for name, seconds in _timings.items():
+        terminalreporter.write_line(f"{name}: {seconds:.1f} s")
+
+
+# --------------------------------------------------------------------------- HTTP server
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves files (404 when missing); /truncated/<name> promises the whole file, sends half."""
+
+    protocol_version = "HTTP/1.0"  # one request per connection: closing it ends the body
+
+    def log_message(self, format, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        prefix = "/truncated/"
+        if not self.path.startswith(prefix):
+            return super().do_GET()
+        file = Path(self.directory) / self.path[len(prefix):]
+        if not file.is_file():
+            return self.send_error(404, "File not found")
+        data = file.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/gzip")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[:len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+
+@dataclass
+class HttpServer:
+    root: Path
+    port: int
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def truncated_url(self, name: str) -> str:
+        """A response whose Content-Length is the file's size but which sends only half."""
+        return f"http://127.0.0.1:{self.port}/truncated/{name}"
+
+    def publish(self, path: Path, name: str | None = None) -> str:
+        """Serve `path` (hard-linked, or copied) under `name`; return its URL."""
+        target = self.root / (name or path.name)
+        target.unlink(missing_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copyfile(path, target)
+        return self.url(target.name)
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory) -> HttpServer:
+    """A static file server on 127.0.0.1 (free port) over a temporary folder."""
+    root = tmp_path_factory.mktemp("http_root")
+    handler = functools.partial(_Handler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield HttpServer(root, server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- project copies
+
+@dataclass
+class Project:
+    """A copy of the working tree in a temporary folder, to run stages and dvc in."""
+    root: Path
+    env: dict = field(default_factory=dict)
+
+    def params(self) -> dict:
+        return yaml.safe_load((self.root / "params.yaml").read_text())
+
+    def set_params(self, values: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Set dotted keys in params.yaml, e.g. set_params({"data.url": url, "seed": 1})."""
+        params = self.params()
+        for key, value in {**(values or {}), **kwargs}.items():
+            *parents, leaf = key.split(".")
+            node = params
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def run(self, *args: str | os.PathLike, timeout: float = 600) -> subprocess.CompletedProcess:
+        return run_cmd(list(args), cwd=self.root, env=self.env, timeout=timeout)
+
+    def stage(self, name: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """`python -m stages.<name>`, as dvc.yaml runs it, without dvc."""
+        return self.run(sys.executable, "-m", f"stages.{name}", timeout=timeout)
+
+    def dvc(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return self.run(BIN_DIR / "dvc", *args, timeout=timeout)
+
+    def git(self, *args: str) -> subprocess.CompletedProcess:
+        return self.run("git", "-c", "user.name=pytest", "-c", "user.email=pytest@localhost",
+                        "-c", "commit.gpgsign=false", *args)
+
+    def files_under(self, folder: str) -> list[Path]:
+        """Every file and folder below `folder` (empty when it is absent)."""
+        path = self.root / folder
+        return sorted(path.rglob("*")) if path.exists() else []
+
+    def link_raw_from(self, other: "Project") -> None:
+        """Share another copy's data/raw (hard links: stages only read it)."""
+        raw = self.root / "data" / "raw"
+        raw.mkdir(parents=True)
+        for file in (other.root / "data" / "raw").iterdir():
+            os.link(file, raw / file.name)
+
+
+def copy_working_tree(dest: Path, git: bool = True) -> Project:
+    """Copy tracked and untracked-but-not-ignored files of the repo to `dest`; git-init it."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in filter(None, listed):
+        source = ROOT / rel
+        if not source.is_file():  # deleted in the working tree
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest / rel)
+    site_cache = dest.parent / f"{dest.name}-dvc-site-cache"
+    site_cache.mkdir(exist_ok=True)
+    project = Project(dest, env={"DVC_SITE_CACHE_DIR": str(site_cache)})
+    if git:
+        project.git("init", "-q")
+        project.git("add", "-A")
+        result = project.git("commit", "-q", "-m", "copy of the working tree")
+        assert result.returncode == 0, result.stderr
+    return project
+
+
+@pytest.fixture
+def project_copy(tmp_path) -> Project:
+    """A temporary git repository holding a copy of the working tree (dvc repro can run in it)."""
+    return copy_working_tree(tmp_path / "project", git=True)
+
+
+@pytest.fixture
+def stage_copy(tmp_path) -> Project:
+    """A copy of the working tree without git: enough to run a stage script directly."""
+    return copy_working_tree(tmp_path / "project", git=False)
+
+
+@pytest.fixture(scope="session")
+def downloaded(tmp_path_factory, cifar_archive, http_server):
+    """A project copy where the download stage fetched the generated archive over HTTP.
+
+    Returns (project, url, CompletedProcess). Other copies share its data/raw.
+    """
+    project = copy_working_tree(tmp_path_factory.mktemp("downloaded") / "project", git=False)
+    url = http_server.publish(cifar_archive.path)
+    project.set_params({"data.url": url, "data.md5": cifar_archive.md5})
+    start = time.perf_counter()
+    result = project.stage("download")
+    _timings["download stage on the full-size archive over HTTP"] = time.perf_counter() - start
+    return project, url, result
+
+
+def concatenate_genuine(dest: Path) -> Path:
+    """The genuine archive (from /work/shared/cifar100 parts) as one file at `dest`."""
+    with dest.open("wb") as out:
+        for part in GENUINE_PARTS:
+            with part.open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def genuine_archive(tmp_path_factory) -> Path:
+    """The genuine CIFAR-100 archive, or a skip when its parts are not in ../shared/cifar100."""
+    if not GENUINE_PARTS:
+        pytest.skip(f"the genuine CIFAR-100 archive is not available ({SHARED / 'cifar100'} "
+                    "has no cifar-100-python.tar.gz.part* files)")
+    path = concatenate_genuine(tmp_path_factory.mktemp("genuine") / ARCHIVE_NAME)
+    md5 = ca.md5sum(path)
+    assert md5 == GENUINE_MD5, f"{SHARED / 'cifar100'} parts concatenate to md5 {md5}"
+    return path

@@ -1,0 +1,109 @@
+"""The real `dvc repro augment` in a temporary git repository copied from the working tree.
+
+Only the download and augment stages run (their target is `augment`); the archive is
+the generated one, served over HTTP on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import copy_working_tree
+
+PARAMS = {"seed": 0, "data.train_limit": 1000, "data.test_limit": 200, "data.val_size": 100,
+          "augment.offline_copies": 0, "augment.preview_images": 8}
+OUTPUTS = ["data/raw/train.npz", "data/raw/test.npz", "data/raw/meta.json",
+           "data/prepared/train.npz", "data/prepared/val.npz", "data/prepared/test.npz",
+           "data/prepared/classes.json", "data/prepared/stats.json",
+           "data/prepared/transform_train.json", "data/prepared/transform_test.json",
+           "plots/augment_preview.png"]
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory, cifar_archive, http_server):
+    """A git repo copy with data.url at the loopback archive, after one `dvc repro augment`."""
+    project = copy_working_tree(tmp_path_factory.mktemp("dvc") / "project", git=True)
+    url = http_server.publish(cifar_archive.path)
+    project.set_params({"data.url": url, "data.md5": cifar_archive.md5, **PARAMS})
+    committed = project.git("commit", "-q", "-am", "params for the test archive")
+    assert committed.returncode == 0, committed.stderr
+    first = project.dvc("repro", "augment")
+    return project, url, first
+
+
+def _lock(project) -> dict:
+    return yaml.safe_load((project.root / "dvc.lock").read_text())["stages"]
+
+
+def test_repro_runs_download_and_augment(repro):
+    project, _, first = repro
+    output = first.stdout + first.stderr
+    assert first.returncode == 0, output[-4000:]
+    assert "Running stage 'download'" in output and "Running stage 'augment'" in output
+    assert "Running stage 'train" not in output  # only what `augment` needs
+    for path in OUTPUTS:
+        assert (project.root / path).is_file(), path
+    with np.load(project.root / "data" / "prepared" / "train.npz") as npz:
+        assert npz["images"].shape == (900, 32, 32, 3)
+    stats = json.loads((project.root / "data/prepared/stats.json").read_text())
+    assert stats["sizes"] == {"train": 900, "test": 200, "val": 100}
+
+
+def test_lock_records_both_stages(repro, cifar_archive):
+    project, url, first = repro
+    assert first.returncode == 0
+    lock = _lock(project)
+    assert {"download", "augment"} <= set(lock)
+    download, augment = lock["download"], lock["augment"]
+    assert download["params"]["params.yaml"] == {"data.url": url, "data.md5": cifar_archive.md5}
+    assert augment["params"]["params.yaml"]["data.train_limit"] == 1000
+    assert augment["params"]["params.yaml"]["data.val_size"] == 100
+    assert "augment" in augment["params"]["params.yaml"]
+    raw_out = {o["path"]: o for o in download["outs"]}["data/raw"]
+    raw_dep = {d["path"]: d for d in augment["deps"]}["data/raw"]
+    assert raw_out["md5"] == raw_dep["md5"] and raw_out["md5"].endswith(".dir")
+    assert raw_out["nfiles"] == 3
+    assert {o["path"] for o in augment["outs"]} == {"data/prepared", "plots/augment_preview.png"}
+    code = {d["path"] for d in augment["deps"]}
+    assert {"stages/augment.py", "src/data/splits.py", "src/augment/pipelines.py"} <= code
+    # the outputs are in this repository's DVC cache
+    cache = project.root / ".dvc" / "cache" / "files" / "md5"
+    digest = raw_out["md5"]
+    assert (cache / digest[:2] / digest[2:]).is_file()
+
+
+def test_second_repro_runs_nothing(repro):
+    project, _, first = repro
+    assert first.returncode == 0
+    before = {p: (project.root / p).stat().st_mtime_ns for p in OUTPUTS}
+    lock_before = (project.root / "dvc.lock").read_text()
+    again = project.dvc("repro", "augment")
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-4000:]
+    assert "Running stage" not in output
+    assert "Stage 'download' didn't change" in output and "Stage 'augment' didn't change" in output
+    assert {p: (project.root / p).stat().st_mtime_ns for p in OUTPUTS} == before
+    assert (project.root / "dvc.lock").read_text() == lock_before
+
+    status = project.dvc("status", "--with-deps", "augment")
+    assert status.returncode == 0, status.stderr
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
+
+
+def test_augment_param_change_invalidates_augment_only(repro):
+    """`dvc status` after changing an augment-only param: augment changed, download did not."""
+    project, _, first = repro
+    assert first.returncode == 0
+    params = (project.root / "params.yaml").read_text()
+    try:
+        project.set_params({"augment.hflip_p": 0.25})
+        status = project.dvc("status", "--with-deps", "augment")
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.startswith("augment:"), status.stdout
+        assert "params.yaml" in status.stdout and "modified" in status.stdout, status.stdout
+        assert "download:" not in status.stdout, status.stdout
+    finally:
+        (project.root / "params.yaml").write_text(params)

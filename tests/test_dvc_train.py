@@ -1,0 +1,70 @@
+"""What DVC re-runs for the train stages after a change, and that resuming keeps the run-cache."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import copy_working_tree
+
+TRAIN_STAGES = {"train-resnet18", "train-resnet34", "train-resnet50"}
+UPSTREAM = ["download", "augment", *sorted(TRAIN_STAGES)]
+TINY = {"data.train_limit": 400, "data.test_limit": 200, "model.width": 2, "epochs": 1,
+        "batch_size": 100, "lr": 0.1, "runtime.workers": 0}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, cifar_archive, http_server):
+    """A git repository where `dvc repro` has run the download, augment and train stages."""
+    project = copy_working_tree(tmp_path_factory.mktemp("dvc_train") / "project", git=True)
+    project.set_params({**TINY, "data.url": http_server.publish(cifar_archive.path),
+                        "data.md5": cifar_archive.md5})
+    result = project.dvc("repro", *UPSTREAM)
+    assert result.returncode == 0, result.stdout + result.stderr
+    project.git("add", "-A")
+    assert project.git("commit", "-q", "-m", "trained").returncode == 0
+    return project
+
+
+def changed_stages(project) -> set[str]:
+    result = project.dvc("status", "--json", *UPSTREAM)
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout or "{}"))
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([\w-]+)'", output))
+
+
+def test_a_clean_repro_leaves_nothing_to_do(repo):
+    assert changed_stages(repo) == set()
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"lr": 0.05}, TRAIN_STAGES),
+    ({"epochs": 2}, TRAIN_STAGES),
+    ({"model.resnet50.mixup_alpha": 0.4}, {"train-resnet50"}),
+    ({"model.resnet18.lr_scale": 0.5}, {"train-resnet18"}),
+    ({"augment.cutout_p": 0.25}, {"augment"}),  # the train stages follow once augment re-runs
+    ({"model.width": 3}, TRAIN_STAGES),
+])
+def test_dvc_status_marks_exactly_the_stages_a_param_reaches(repo, change, expected):
+    original = (repo.root / "params.yaml").read_text()
+    try:
+        repo.set_params(change)
+        assert changed_stages(repo) == expected
+    finally:
+        (repo.root / "params.yaml").write_text(original)
+
+
+def test_exp_run_with_lr_retrains_the_three_models_only_and_the_run_cache_restores(repo):
+    result = repo.dvc("exp", "run", "-S", "lr=0.05")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ran_stages(result.stdout) >= TRAIN_STAGES
+    assert not ran_stages(result.stdout) & {"download", "augment"}
+    # Back to the committed lr: the earlier models come back from the run-cache, no training.
+    result = repo.dvc("exp", "run", "-S", "lr=0.1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not ran_stages(result.stdout) & TRAIN_STAGES, result.stdout
+    assert "epoch 1/1" not in result.stdout + result.stderr

@@ -1,0 +1,79 @@
+"""The on-device crop/flip/cutout against albumentations, for the same random draws."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from src.augment import pipelines
+from src.augment.gpu import CropFlipCutout, DeviceBatches
+from src.params import AugmentParams
+
+MEAN, STD = [0.507, 0.487, 0.441], [0.267, 0.256, 0.276]
+
+
+def uint8_part(**augment):
+    return pipelines.split_normalize(pipelines.build_train(AugmentParams(**augment), MEAN, STD))[0]
+
+
+def albumentations_reference(pipeline, image, draws, i, padding, hole):
+    """The pipeline's own transforms applied with the draws the batch op made."""
+    out = image
+    for t in pipeline.transforms:
+        name = type(t).__name__
+        if name == "Pad":
+            out = t.apply(out, pad_top=padding, pad_bottom=padding, pad_left=padding, pad_right=padding)
+        elif name == "RandomCrop":
+            y, x = int(draws.crop_y[i]), int(draws.crop_x[i])
+            out = t.apply(out, crop_coords=(x, y, x + 32, y + 32))
+        elif name == "HorizontalFlip" and draws.flip[i]:
+            out = t.apply(out)
+        elif name == "CoarseDropout" and draws.cutout[i]:
+            y, x = int(draws.hole_y[i]), int(draws.hole_x[i])
+            out = t.apply(out, holes=np.array([[x, y, x + hole, y + hole]]), seed=0)
+    return out
+
+
+@pytest.mark.parametrize("augment", [{}, {"crop_padding": 0}, {"crop_padding": 2, "cutout_size": 8},
+                                     {"cutout_size": 0, "hflip_p": 1.0}])
+def test_batch_op_equals_albumentations_for_the_same_draws(augment):
+    pipeline = uint8_part(**augment)
+    op = CropFlipCutout.from_pipeline(pipeline)
+    assert op is not None
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (96, 32, 32, 3), dtype=np.uint8))
+    draws = op.draw(len(images), torch.Generator().manual_seed(1), torch.device("cpu"))
+    out = op.apply(images, draws).numpy()
+    for i in range(len(images)):
+        expected = albumentations_reference(pipeline, images[i].numpy(), draws, i, op.padding, op.hole)
+        np.testing.assert_array_equal(out[i], expected, err_msg=f"image {i}")
+    if op.hole:  # the cutout fill is the mean colour, which Normalize maps to about 0
+        assert op.fill == tuple(round(m * 255) for m in MEAN)
+
+
+def test_draws_follow_the_params():
+    op = CropFlipCutout.from_pipeline(uint8_part(crop_padding=4, hflip_p=0.5, cutout_p=0.5))
+    draws = op.draw(20_000, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert draws.crop_y.min() == 0 and draws.crop_y.max() == 8
+    assert draws.hole_x.min() == 0 and draws.hole_x.max() == 16
+    assert abs(draws.flip.float().mean() - 0.5) < 0.02 and abs(draws.cutout.float().mean() - 0.5) < 0.02
+
+
+def test_pipelines_beyond_crop_flip_cutout_stay_on_the_cpu_path():
+    autoaugment = pipelines.split_normalize(
+        pipelines.build_train(AugmentParams(), MEAN, STD, autoaugment=True))[0]
+    assert CropFlipCutout.from_pipeline(autoaugment) is None
+    assert CropFlipCutout.from_pipeline(uint8_part(crop="resized")) is None
+
+
+def test_device_batches_repeat_per_epoch_and_cover_the_split():
+    images = np.random.default_rng(0).integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(100)
+    batches = DeviceBatches(images, labels, CropFlipCutout.from_pipeline(uint8_part()), 32, 7,
+                            torch.device("cpu"))
+    first = [(x.clone(), y.clone()) for x, y in batches]
+    assert len(first) == len(batches) == 3 and all(x.shape == (32, 32, 32, 3) for x, _ in first)
+    assert len(set(torch.cat([y for _, y in first]).tolist())) == 96  # no repeats in an epoch
+    again = list(batches)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again)), "same epoch, same batches"
+    batches.set_epoch(1)
+    assert not torch.equal(next(iter(batches))[1], first[0][1]), "a new epoch reshuffles"

@@ -1,0 +1,92 @@
+"""Lineage: every stage declares exactly the project code it runs, so DVC re-runs what a change affects."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+STAGES = DVC_YAML["stages"]
+
+
+def module_file(name: str) -> Path | None:
+    """The file of a project module (src.*, stages.*), or None for anything else."""
+    if name.split(".")[0] not in ("src", "stages"):
+        return None
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def imported_files(script: Path) -> set[Path]:
+    """The project files `script` imports, transitively, including package __init__ files."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                # `from src.augment import pipelines` imports the module src.augment.pipelines
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            for name in names:
+                parts = name.split(".")
+                for i in range(1, len(parts) + 1):  # parent packages run their __init__ too
+                    found = module_file(".".join(parts[:i]))
+                    if found is not None:
+                        todo.append(found)
+    return seen
+
+
+def has_code(path: Path) -> bool:
+    """False for an __init__.py that holds nothing but a docstring."""
+    body = ast.parse(path.read_text()).body
+    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in body)
+
+
+def stage_script(stage: dict) -> Path:
+    module = re.match(r"python -m ([\w.]+)", stage["cmd"]).group(1)
+    return module_file(module)
+
+
+def declared_code(stage: dict) -> set[Path]:
+    return {ROOT / d for d in stage.get("deps", []) if d.endswith(".py")}
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_declares_exactly_the_project_code_it_imports(name):
+    stage = STAGES[name]
+    imported = {p for p in imported_files(stage_script(stage)) if has_code(p)}
+    declared = declared_code(stage)
+    rel = lambda paths: sorted(str(p.relative_to(ROOT)) for p in paths)  # noqa: E731
+    assert rel(imported - declared) == [], f"{name} imports these but does not list them in deps"
+    assert rel(declared - imported) == [], f"{name} lists these in deps but never imports them"
+
+
+def test_empty_package_inits_really_are_empty():
+    """The lineage check skips __init__.py files without code; keep them that way."""
+    for init in ROOT.glob("src/**/__init__.py"):
+        assert not has_code(init), f"{init} has code: list it in the deps of the stages that import it"
+
+
+@pytest.mark.parametrize("name", [s for s in STAGES if s.startswith("train-")])
+def test_no_train_stage_depends_on_evaluate_or_report_code(name):
+    for dep in STAGES[name]["deps"]:
+        assert not re.search(r"(evaluate|report)", dep), f"{name} depends on {dep}"
+
+
+def test_every_project_module_is_used_by_some_stage():
+    used = set().union(*(declared_code(s) for s in STAGES.values()))
+    modules = {p for p in ROOT.glob("src/**/*.py") if has_code(p)}
+    assert sorted(str(p.relative_to(ROOT)) for p in modules - used) == []

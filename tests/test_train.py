@@ -1,0 +1,181 @@
+"""The train stages on CPU at a small width: models, schedule, learning, resume, divergence."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import copy_working_tree
+from src.models.resnet import ARCHITECTURES, build_model, count_parameters
+from src.train.optim import get_lr, param_groups
+
+SMALL = {  # a few seconds per training run on two CPU cores
+    "data.train_limit": 1000, "data.test_limit": 300, "model.width": 4, "epochs": 3,
+    "batch_size": 64, "lr": 0.2, "train.warmup_epochs": 1, "runtime.workers": 1,
+}
+
+
+# --------------------------------------------------------------------------- model and optimiser
+
+@pytest.mark.parametrize("name, expected", [("resnet18", 11_220_132), ("resnet34", 21_328_292),
+                                            ("resnet50", 23_705_252)])
+def test_parameter_counts_match_the_cifar_resnets(name, expected):
+    assert count_parameters(build_model(name, num_classes=100, width=64)) == expected
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_width_scales_every_stage(name):
+    model = build_model(name, width=8)
+    expansion = ARCHITECTURES[name][0].expansion
+    assert model.conv1.out_channels == 8
+    stages = (model.layer1, model.layer2, model.layer3, model.layer4)
+    out_channels = [next(m for m in reversed(list(s.modules())) if isinstance(m, torch.nn.Conv2d)).out_channels
+                    for s in stages]
+    assert out_channels == [8 * expansion, 16 * expansion, 32 * expansion, 64 * expansion]
+    assert model.fc.in_features == 64 * expansion
+    # CIFAR stem: 3x3 stride 1, no max-pool, so 32x32 reaches layer1 unchanged.
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+    lrs = [get_lr(s, 100, 10, 0.4, "cosine") for s in range(100)]
+    assert lrs[0] == pytest.approx(0.04) and lrs[9] == pytest.approx(0.4)
+    assert np.allclose(np.diff(lrs[:10]), 0.04)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] < 0.001
+
+
+def test_onecycle_schedule_starts_at_a_fraction_and_ends_at_zero():
+    lrs = [get_lr(s, 100, 30, 1.0, "onecycle") for s in range(101)]
+    assert 0.04 <= lrs[0] < 0.1 and max(lrs) == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(0.0)
+
+
+def test_weight_decay_skips_batchnorm_and_biases_unless_asked():
+    model = build_model("resnet18", width=4)
+    decay, no_decay = param_groups(model, 5e-4, decay_norm_and_bias=False)
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) > 0
+    everything, nothing = param_groups(model, 5e-4, decay_norm_and_bias=True)
+    assert len(everything["params"]) == len(list(model.parameters())) and not nothing["params"]
+
+
+# --------------------------------------------------------------------------- the stage
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, downloaded):
+    """A project copy with small params whose augment stage has run."""
+    project = copy_working_tree(tmp_path_factory.mktemp("train") / "project", git=False)
+    project.link_raw_from(downloaded[0])
+    project.set_params({**SMALL, "data.url": downloaded[1], "data.md5": downloaded[0].params()["data"]["md5"]})
+    result = project.stage("augment")
+    assert result.returncode == 0, result.stderr
+    return project
+
+
+def clone(prepared, path):
+    """Another copy sharing the prepared data (hard links: stages only read it)."""
+    project = copy_working_tree(path, git=False)
+    (project.root / "params.yaml").write_text((prepared.root / "params.yaml").read_text())
+    for folder in ("data/raw", "data/prepared"):
+        (project.root / folder).mkdir(parents=True)
+        for file in (prepared.root / folder).iterdir():
+            os.link(file, project.root / folder / file.name)
+    return project
+
+
+def train(project, model="resnet18", timeout=300):
+    return project.run(sys.executable, "-m", "stages.train", "--model", model, timeout=timeout)
+
+
+def weights(project, model="resnet18"):
+    return torch.load(project.root / f"models/{model}.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def trained(prepared):
+    result = train(prepared)
+    assert result.returncode == 0, result.stderr
+    return prepared, result
+
+
+def test_training_learns_well_above_chance_and_writes_a_safe_model_file(trained):
+    project, result = trained
+    state = weights(project)  # weights_only=True: plain tensors and containers only
+    assert set(state) >= {"state_dict", "params", "prepared_data_hash", "versions", "architecture"}
+    assert state["params"]["lr"] == 0.2 and state["params"]["epochs"] == 3
+    assert state["versions"]["torch"] == torch.__version__
+    final = state["history"][-1]
+    assert final["heldout_acc"] > 10, f"chance is 1%; got {final['heldout_acc']:.1f}%"
+    assert final["train_loss"] < state["history"][0]["train_loss"]
+    assert not (project.root / "checkpoints/resnet18.pt").exists(), "the checkpoint is removed at the end"
+    curve = (project.root / "plots/train/resnet18/plots/metrics/heldout/acc.tsv").read_text().splitlines()
+    assert curve[0].split("\t")[:2] == ["step", "acc"] and len(curve) == 1 + 3
+    assert "monitoring only" in (project.root / "plots/train/resnet18/metrics.json").read_text()
+
+
+def test_a_killed_run_resumes_to_the_same_weights(trained, tmp_path):
+    reference, _ = trained
+    project = clone(reference, tmp_path / "killed")
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    process = subprocess.Popen([sys.executable, "-m", "stages.train", "--model", "resnet18"],
+                               cwd=project.root, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    checkpoint = project.root / "checkpoints/resnet18.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists(), "the run ended before writing its first checkpoint"
+    assert not (project.root / "models/resnet18.pt").exists()
+
+    result = train(project)
+    assert result.returncode == 0, result.stderr
+    assert "resuming from checkpoints/resnet18.pt after epoch" in result.stdout
+    expected, actual = weights(reference)["state_dict"], weights(project)["state_dict"]
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    curve = (project.root / "plots/train/resnet18/plots/metrics/train/loss.tsv").read_text()
+    assert len(curve.splitlines()) == 1 + 3, "the resumed run logs the whole curve"
+
+
+def test_a_checkpoint_from_other_params_or_a_hostile_one_is_not_resumed(prepared, tmp_path):
+    project = clone(prepared, tmp_path / "other")
+    project.set_params({"epochs": 1})
+    checkpoint = project.root / "checkpoints/resnet18.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"fingerprint": "made-with-lr-0.05", "epoch": 1, "model": {}, "optimizer": {},
+                "history": []}, checkpoint)
+    result = train(project)
+    assert result.returncode == 0, result.stderr
+    assert "made with other params, data or code; starting fresh" in result.stdout
+
+    sentinel = tmp_path / "pwned"
+    checkpoint.parent.mkdir(exist_ok=True)
+    checkpoint.write_bytes(b"cos\nsystem\n(S'touch " + str(sentinel).encode() + b"'\ntR.")
+    result = train(project)
+    assert result.returncode == 0, result.stderr
+    assert "ignoring unreadable checkpoint" in result.stdout
+    assert not sentinel.exists(), "the hostile checkpoint ran code"
+
+
+def test_divergence_stops_at_once_with_a_clear_message_and_no_weights(prepared, tmp_path):
+    project = clone(prepared, tmp_path / "diverge")
+    project.set_params({"lr": 1e30, "train.warmup_epochs": 0})
+    result = train(project)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert re.search(r"resnet18 diverged: loss became (nan|inf|-inf) at epoch 1, step \d+, lr \S+e\+(29|30)\.", message)
+    assert "Lower the learning rate" in message
+    assert not (project.root / "models/resnet18.pt").exists()
