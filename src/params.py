@@ -164,6 +164,8 @@ def _describe(error: dict) -> str:
     if error["type"] == "missing":
         return f"params.yaml: key '{key}' is missing"
     value = error.get("input")
+    if isinstance(value, dict):  # a check across keys: its message names them
+        return f"params.yaml: {message}. Fix params.yaml or pass `dvc exp run -S key=value`"
     return (
         f"params.yaml: {key} = {value!r} is not allowed: {message}. "
         f"Fix params.yaml or pass `dvc exp run -S {key}=...`"

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.runtime import Runtime
-from src.train.data import Normalizer
+from src.data.normalize import Normalizer
 
 
 @torch.no_grad()

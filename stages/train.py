@@ -21,7 +21,8 @@ from src.params import load_params
 from src.predict import loss_and_accuracy, predict_logits
 from src.runtime import resolve, seed_everything
 from src.train import checkpoint
-from src.train.data import Normalizer, make_batches
+from src.data.normalize import Normalizer
+from src.train.data import make_batches
 from src.train.loop import Diverged, StepRecipe, train_epoch
 from src.train.optim import build_optimizer
 

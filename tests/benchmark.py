@@ -34,7 +34,8 @@ from src.models.resnet import build_model  # noqa: E402
 from src.params import AugmentParams, RuntimeParams, TrainParams  # noqa: E402
 from src.predict import predict_logits  # noqa: E402
 from src.runtime import resolve  # noqa: E402
-from src.train.data import LoaderBatches, Normalizer, make_batches  # noqa: E402
+from src.data.normalize import Normalizer  # noqa: E402
+from src.train.data import LoaderBatches, make_batches  # noqa: E402
 from src.train.loop import StepRecipe, train_epoch  # noqa: E402
 from src.train.optim import build_optimizer  # noqa: E402
 

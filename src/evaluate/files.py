@@ -1,0 +1,44 @@
+"""Deterministic JSON and CSV: the same numbers always give the same bytes.
+
+Metrics files live in git; rounding and sorted keys make two runs on the same
+model produce byte-identical files, so `git diff` and `dvc metrics diff` show
+only real changes, not float noise in the 7th digit.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+DECIMALS = 4
+
+
+def rounded(value, decimals: int = DECIMALS):
+    """`value` with every float rounded and numpy scalars made plain Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): rounded(v, decimals) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, decimals) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        # 0.0 instead of -0.0: the sign of a rounded zero would be a spurious diff.
+        return round(float(value), decimals) + 0.0
+    return value
+
+
+def write_json(path: str | Path, value) -> None:
+    Path(path).write_text(json.dumps(rounded(value), indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """rows of equal keys as CSV with a header: the table format `dvc plots` reads."""
+    rows = rounded(rows)
+    with Path(path).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)

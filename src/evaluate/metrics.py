@@ -1,0 +1,84 @@
+"""Classification metrics on a test split: top-k, calibration, macro P/R/F1, group accuracy.
+
+Every rate is in percent, like the `top1`/`top5` of the data contract, so the
+metrics files use one unit throughout. Predictions and labels are class indices.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def topk_accuracy(logits: torch.Tensor, labels: np.ndarray, k: int) -> float:
+    """Percent of images whose label is among the k largest logits."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    hits = (top == torch.as_tensor(labels).view(-1, 1)).any(dim=1)
+    return hits.double().mean().item() * 100
+
+
+def confidence_and_prediction(logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Max softmax probability (float64, so bin edges are not decided by float32 rounding) and argmax."""
+    probs = torch.softmax(logits.double(), dim=1)
+    confidence, prediction = probs.max(dim=1)
+    return confidence.numpy(), prediction.numpy()
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> list[dict]:
+    """Equal-width confidence bins (lower, upper] as in Guo et al. 2017; empty bins are left out.
+
+    Each row: bin index, its edges, mean confidence and accuracy (percent), image count.
+    """
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        members = index == b
+        count = int(members.sum())
+        if count:
+            rows.append({"bin": b, "lower": edges[b] * 100, "upper": edges[b + 1] * 100,
+                         "confidence": confidence[members].mean() * 100,
+                         "accuracy": correct[members].mean() * 100, "count": count})
+    return rows
+
+
+def expected_calibration_error(rows: list[dict]) -> float:
+    """ECE in percent: the count-weighted mean |accuracy - confidence| over reliability_bins rows."""
+    total = sum(row["count"] for row in rows)
+    return sum(row["count"] * abs(row["accuracy"] - row["confidence"]) for row in rows) / total
+
+
+def macro_precision_recall_f1(predictions: np.ndarray, labels: np.ndarray,
+                              num_classes: int) -> tuple[float, float, float]:
+    """Unweighted means over the classes that occur as a label or a prediction (as scikit-learn).
+
+    A class never predicted has precision 0 and a class with P = R = 0 has F1 0
+    (scikit-learn's zero_division=0); macro F1 is the mean of per-class F1 scores.
+    """
+    true_pos = np.bincount(labels[predictions == labels], minlength=num_classes)
+    predicted = np.bincount(predictions, minlength=num_classes)
+    actual = np.bincount(labels, minlength=num_classes)
+    present = (predicted + actual) > 0
+    precision = np.divide(true_pos, predicted, out=np.zeros(num_classes), where=predicted > 0)
+    recall = np.divide(true_pos, actual, out=np.zeros(num_classes), where=actual > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0)
+    return tuple(float(v[present].mean() * 100) for v in (precision, recall, f1))
+
+
+def group_accuracy(correct: np.ndarray, groups: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Accuracy (percent) of the images in each group that occurs, keyed by the group's name."""
+    hits = np.bincount(groups, weights=correct.astype(np.float64), minlength=len(names))
+    counts = np.bincount(groups, minlength=len(names))
+    return {names[g]: hits[g] / counts[g] * 100 for g in np.flatnonzero(counts)}
+
+
+def superclass_of(fine_to_coarse: list[int], fine_labels: np.ndarray,
+                  coarse_labels: np.ndarray) -> np.ndarray:
+    """Superclass of every class: classes.json's mapping, completed from the test labels.
+
+    classes.json derives the mapping from the training split, so with a small
+    data.train_limit a class may be missing there (-1) yet occur in the test split.
+    """
+    mapping = np.asarray(fine_to_coarse, dtype=np.int64).copy()
+    mapping[fine_labels] = coarse_labels
+    return mapping

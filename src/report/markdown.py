@@ -1,0 +1,146 @@
+"""Markdown pieces of plots/report.md: tables that GitHub renders."""
+from __future__ import annotations
+
+import numpy as np
+
+# From DESIGN.md: published numbers the default recipe aims to beat. Never measured by this
+# pipeline, so the report prints them apart from (and marked unlike) the measured ones.
+REFERENCE = {
+    "resnet18": {"top1": "78.33 (seed, 100 epochs)", "top5": "n/a"},
+    "resnet34": {"top1": "75.00 target; 76.76 public", "top5": "n/a"},
+    "resnet50": {"top1": "81.45 (seed, 200 epochs)", "top5": "95.70 (seed)"},
+}
+REFERENCE_TOP1 = {"resnet18": 78.33, "resnet34": 75.0, "resnet50": 81.45}  # ResNet-34: the target
+TITLES = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50"}
+
+
+def table(header: list[str], rows: list[list[str]], align: str = "l" + "r" * 20) -> str:
+    marks = {"l": ":--", "r": "--:", "c": ":-:"}
+    lines = ["| " + " | ".join(header) + " |",
+             "| " + " | ".join(marks[a] for a in align[:len(header)]) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_table(metrics: dict[str, dict], timing: dict[str, dict]) -> str:
+    """Measured numbers of the models side by side, then the reference results in italics."""
+    models = list(metrics)
+    measured = [
+        ("**top-1 (%)**", lambda m, t: f"**{m['top1']:.2f}**"),
+        ("top-5 (%)", lambda m, t: f"{m['top5']:.2f}"),
+        ("cross-entropy loss", lambda m, t: f"{m['loss']:.4f}"),
+        ("ECE (%, 15 bins)", lambda m, t: f"{m['ece']:.2f}"),
+        ("macro precision / recall / F1 (%)",
+         lambda m, t: f"{m['macro_precision']:.2f} / {m['macro_recall']:.2f} / {m['macro_f1']:.2f}"),
+        ("superclass of the prediction right (%)", lambda m, t: f"{m['superclass_top1']:.2f}"),
+        ("parameters", lambda m, t: f"{m['parameters']:,}"),
+        ("epochs trained (peak lr)", lambda m, t: _trained(m)),
+        ("throughput (img/s)", lambda m, t: f"{t['throughput_img_s']:,.0f} (batch {t['batch_size']})"),
+        ("latency (ms, one image)", lambda m, t: f"{t['latency_ms']:.2f}"),
+    ]
+    rows = [[label] + [cell(metrics[n], timing[n]) for n in models] for label, cell in measured]
+    rows.append(["top-1 minus reference top-1 (points)"]
+                + [f"{metrics[n]['top1'] - REFERENCE_TOP1[n]:+.2f}" for n in models])
+    rows += [[f"*reference {label} (%), not measured here*"] + [f"*{REFERENCE[n][key]}*" for n in models]
+             for key, label in (("top1", "top-1"), ("top5", "top-5"))]
+    return table(["test split"] + [TITLES.get(n, n) for n in models], rows)
+
+
+def _trained(metrics: dict) -> str:
+    """'100 (0.4)': the epochs and peak lr the model file says it was trained with."""
+    trained = metrics["provenance"].get("trained", {})
+    return f"{trained['epochs']} ({trained['lr']:g})" if {"epochs", "lr"} <= trained.keys() else "?"
+
+
+def confused_pairs(counts: dict[str, np.ndarray], names: list[str], superclass: list[str],
+                   top: int = 20) -> str:
+    """The `top` class pairs most often mistaken for each other (both directions, all models summed)."""
+    models = list(counts)
+    # Unordered pairs: a->b and b->a are one confusion; the upper triangle holds each pair once.
+    pair_counts = {m: np.triu(c + c.T, k=1) for m, c in counts.items()}
+    total = sum(pair_counts.values())
+    order = sorted(zip(*np.nonzero(total)), key=lambda ij: (-total[ij], names[ij[0]], names[ij[1]]))[:top]
+    rows = [[f"{names[i]} / {names[j]}", "yes" if superclass[i] == superclass[j] else "no"]
+            + [str(pair_counts[m][i, j]) for m in models] + [str(total[i, j])] for i, j in order]
+    if not rows:
+        return "_No test image was misclassified._"
+    return table(["class pair", "same superclass"] + [TITLES.get(m, m) for m in models] + ["all models"],
+                 rows, align="lc" + "r" * (len(models) + 1))
+
+
+def provenance_table(metrics: dict[str, dict], timing: dict[str, dict]) -> str:
+    rows = []
+    for name, values in metrics.items():
+        p = values["provenance"]
+        rows.append([TITLES.get(name, name), f"`{p['archive_md5']}`", f"`{p['prepared_data_hash']}`",
+                     str(values["test_images"]), p["device"], timing[name]["device"], p["torch"]])
+    return table(["model", "archive md5", "prepared data hash", "test images", "evaluated on",
+                  "timed on", "torch"], rows, align="l" * 7)
+
+
+def document(metrics: dict[str, dict], timing: dict[str, dict], links: dict[str, str], *, heldout: str,
+             pairs: str, data_hash: str, params_yaml: str) -> str:
+    """The whole report.md. links: figure key -> path relative to report.md."""
+    models = list(metrics)
+    test_images = metrics[models[0]]["test_images"]
+    partial = ("" if test_images == 10_000 else
+               f"\n> **Only {test_images:,} of the 10,000 test images** (`data.test_limit`): these numbers "
+               "are not comparable with the reference results.\n")
+    confusion = "\n\n".join(f"![{m} confusion matrix]({links[f'confusion_{m}']})" for m in models)
+    return f"""# CIFAR-100: {', '.join(TITLES.get(m, m) for m in models)}
+
+Generated by `dvc repro report` from `metrics/` and `plots/`; every number below was measured by this
+pipeline on the test split ({test_images:,} images) from prepared data `{data_hash}`, except the rows
+marked *reference*, which are published results quoted for comparison.
+{partial}
+## Results
+
+{results_table(metrics, timing)}
+
+Throughput and latency: {timing[models[0]]['device']}, including the host-to-device copy
+(`metrics/timing/`). The final model of each run is evaluated; nothing is selected on the test split.
+
+## Training curves
+
+Dashed: the {heldout} split, monitored after every epoch.
+
+![training curves]({links['curves']})
+
+## Accuracy per superclass
+
+![per-superclass accuracy]({links['superclass']})
+
+## Confusion matrices
+
+Rows: actual class, columns: predicted class, both grouped by superclass; colour: % of the actual class.
+
+{confusion}
+
+## The 20 most-confused class pairs
+
+Test images of either class predicted as the other, summed over both directions.
+
+{pairs}
+
+## Calibration
+
+Reliability diagrams: accuracy against confidence (top softmax probability) in 15 equal-width bins.
+
+![reliability diagrams]({links['reliability']})
+
+## Augmentation
+
+Training images as the augment stage's pipelines show them to the networks
+(`plots/augment_preview.png`, a DVC output: `dvc pull` or `dvc repro augment` to see it).
+
+![augmentation preview]({links['augment_preview']})
+
+## Where the numbers came from
+
+{provenance_table(metrics, timing)}
+
+The params (from `params.yaml`, as validated by `src/params.py`):
+
+```yaml
+{params_yaml}```
+"""

@@ -1,0 +1,91 @@
+"""Stage `evaluate`: test-split metrics, timings and plot data of every trained model.
+
+    python -m stages.evaluate            (run by `dvc repro evaluate`)
+
+In:  models/<name>.pt, data/prepared/ (test.npz, classes.json, stats.json), params runtime
+Out: metrics/<name>.json             top1/top5, loss, ECE, macro P/R/F1, per-superclass accuracy,
+                                     parameters, provenance; rounded, so identical runs give identical bytes
+     metrics/summary.json            top1/top5/loss/ece/parameters of the three side by side
+     metrics/timing/<name>.json      throughput and latency on this device (apart: they vary per run)
+     plots/confusion/<name>.csv      actual,predicted class name of every test image (DVC confusion)
+     plots/reliability/<name>.csv    per confidence bin: confidence, accuracy, count
+     plots/per_class/<name>.csv      accuracy of each class, grouped by superclass
+Refuses, writing nothing, a model trained on other prepared data than data/prepared holds now.
+"""
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+
+from src.cli import run, staged_dir, staged_file
+from src.data import splits
+from src.evaluate import files, results, timing
+from src.evaluate.model import build_trained, load_state
+from src.models.resnet import count_parameters
+from src.params import MODELS, load_params
+from src.predict import predict_logits
+from src.runtime import Runtime, resolve
+from src.train.checkpoint import data_hash
+
+PREPARED = "data/prepared"
+
+
+def main() -> None:
+    params = load_params()
+    runtime = resolve(params.runtime)
+    batch_size = params.runtime.eval_batch_size
+    test = splits.load(f"{PREPARED}/test.npz")
+    classes = json.loads(Path(f"{PREPARED}/classes.json").read_text())
+    archive_md5 = json.loads(Path(f"{PREPARED}/stats.json").read_text())["archive_md5"]
+    prepared_hash = data_hash(PREPARED)
+    # Every model is checked before any is evaluated: a stale one fails in seconds.
+    states = {name: load_state(f"models/{name}.pt", prepared_hash) for name in MODELS}
+    print(f"evaluating {', '.join(MODELS)} on {len(test['fine_labels'])} test images, {_device(runtime)}")
+
+    outputs, timings = {}, {}
+    for name, state in states.items():
+        model, normalize = build_trained(state, runtime)
+        forward = torch.compile(model) if runtime.compile else model
+        logits = predict_logits(forward, test["images"], normalize, runtime, batch_size)
+        outputs[name] = results.model_results(logits, test, classes)
+        outputs[name]["metrics"].update(parameters=count_parameters(model),
+                                        provenance=_provenance(state, runtime, archive_md5, prepared_hash))
+        timings[name] = timing.measure(forward, test["images"], normalize, runtime, batch_size)
+        timings[name].update(device=_device(runtime), compile=runtime.compile, torch=str(torch.__version__))
+        m, t = outputs[name]["metrics"], timings[name]
+        print(f"{name}: top1 {m['top1']:.2f}% top5 {m['top5']:.2f}% loss {m['loss']:.4f} "
+              f"ECE {m['ece']:.2f}% | {t['throughput_img_s']:.0f} img/s, {t['latency_ms']:.2f} ms/image")
+
+    # Everything is computed before anything is written, and new files replace old ones only once
+    # all are written. Plot tables are replaced one by one, not as folders: DVC keeps the
+    # .gitignore of these cached outputs beside them.
+    with staged_dir("metrics") as metrics_dir, ExitStack() as plot_files:
+        (metrics_dir / "timing").mkdir()
+        for name, output in outputs.items():
+            files.write_json(metrics_dir / f"{name}.json", output["metrics"])
+            files.write_json(metrics_dir / "timing" / f"{name}.json", timings[name])
+            for table in ("confusion", "reliability", "per_class"):
+                files.write_csv(plot_files.enter_context(staged_file(f"plots/{table}/{name}.csv")),
+                                output[table])
+        files.write_json(metrics_dir / "summary.json",
+                         results.summary({name: o["metrics"] for name, o in outputs.items()}))
+    print("wrote metrics/, plots/confusion/, plots/reliability/, plots/per_class/")
+
+
+def _device(runtime: Runtime) -> str:
+    cuda = runtime.device.type == "cuda"
+    name = torch.cuda.get_device_name(runtime.device) if cuda else runtime.device.type
+    return f"{name}, {'bf16' if runtime.amp_dtype else 'fp32'}"
+
+
+def _provenance(state: dict, runtime: Runtime, archive_md5: str, prepared_hash: str) -> dict:
+    """What the numbers came from beyond dvc.lock: data, the model's training length, device, torch."""
+    trained = {key: state.get("params", {}).get(key) for key in ("epochs", "lr")}
+    return {"archive_md5": archive_md5, "prepared_data_hash": prepared_hash,
+            "device": _device(runtime), "torch": str(torch.__version__),
+            "trained": {key: value for key, value in trained.items() if value is not None}}
+
+
+if __name__ == "__main__":
+    run(main)

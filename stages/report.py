@@ -1,0 +1,69 @@
+"""Stage `report`: plots/report.md, a page that GitHub renders, with PNG figures.
+
+    python -m stages.report              (run by `dvc repro report`)
+
+In:  metrics/<name>.json, metrics/timing/<name>.json, plots/confusion/<name>.csv,
+     plots/reliability/<name>.csv, plots/train/<name>/ (DVCLive), data/prepared/classes.json,
+     params seed, lr, epochs, batch_size, data, augment, model, train, runtime (printed in the report)
+Out: plots/report.md      side-by-side results with the reference numbers, pairs most confused,
+                          params and data hash the numbers came from
+     plots/report/*.png   training curves, confusion heatmaps, per-superclass accuracy, reliability
+"""
+import os
+
+import yaml
+
+from src.cli import UserError, run, staged_dir, staged_file
+from src.params import MODELS, load_params
+from src.report import figures, inputs, markdown
+
+REPORT = "plots/report.md"
+FIGURES = "plots/report"
+PREVIEW = "plots/augment_preview.png"  # made by the augment stage: linked, not copied
+PRINTED_PARAMS = ("seed", "lr", "epochs", "batch_size", "data", "augment", "model", "train", "runtime")
+
+
+def main() -> None:
+    params = load_params()
+    classes = inputs.read_json("data/prepared/classes.json", "augment")
+    metrics = {m: inputs.read_json(f"metrics/{m}.json", "evaluate") for m in MODELS}
+    timing = {m: inputs.read_json(f"metrics/timing/{m}.json", "evaluate") for m in MODELS}
+    curves = {m: inputs.training_curves(f"plots/train/{m}", m) for m in MODELS}
+    heldout = inputs.read_json(f"plots/train/{MODELS[0]}/metrics.json", f"train-{MODELS[0]}")
+    heldout = heldout.get("heldout_split", "held-out").split()[0]
+    reliability = {m: inputs.read_table(f"plots/reliability/{m}.csv", "evaluate") for m in MODELS}
+    names, groups = inputs.class_order(classes)
+    counts = {m: inputs.confusion_counts(inputs.read_table(f"plots/confusion/{m}.csv", "evaluate"), names)
+              for m in MODELS}
+    data_hashes = {values["provenance"]["prepared_data_hash"] for values in metrics.values()}
+    if len(data_hashes) != 1:
+        raise UserError(f"the metrics files come from different prepared data ({sorted(data_hashes)}): "
+                        "run `dvc repro` so that every model is trained and evaluated on the same data")
+
+    names_of = {"curves": "curves.png", "superclass": "superclass_accuracy.png",
+                "reliability": "reliability.png", **{f"confusion_{m}": f"confusion_{m}.png" for m in MODELS}}
+    # Links relative to report.md, so that they resolve on GitHub and in a checkout alike.
+    here = os.path.dirname(REPORT)
+    links = {key: os.path.relpath(f"{FIGURES}/{name}", here) for key, name in names_of.items()}
+    links["augment_preview"] = os.path.relpath(PREVIEW, here)
+    with staged_dir(FIGURES) as out:
+        figures.training_curves(curves, heldout, out / names_of["curves"])
+        for m in MODELS:
+            figures.confusion_heatmap(counts[m], groups, f"{m}: confusion on the test split, "
+                                      f"top-1 {metrics[m]['top1']:.2f}%", out / names_of[f"confusion_{m}"])
+        figures.superclass_bars({m: metrics[m]["per_superclass"] for m in MODELS}, classes["coarse"],
+                                out / names_of["superclass"])
+        figures.reliability_diagrams(reliability, {m: metrics[m]["ece"] for m in MODELS},
+                                     out / names_of["reliability"])
+        superclass_of = {name: group for group, start, end in groups for name in names[start:end]}
+        pairs = markdown.confused_pairs(counts, names, [superclass_of[n] for n in names])
+        values = params.model_dump(mode="json")
+        printed = yaml.safe_dump({key: values[key] for key in PRINTED_PARAMS}, sort_keys=False)
+        with staged_file(REPORT) as report:
+            report.write_text(markdown.document(metrics, timing, links, heldout=heldout, pairs=pairs,
+                                                data_hash=data_hashes.pop(), params_yaml=printed))
+    print(f"wrote {REPORT} and {FIGURES}/")
+
+
+if __name__ == "__main__":
+    run(main)

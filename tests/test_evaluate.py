@@ -1,0 +1,420 @@
+"""The evaluate stage: metric functions on hand-computed examples, and the real stage end to end.
+
+The stage test runs `python -m stages.evaluate` in a copy of the working tree on
+data/prepared made by the real download + augment stages (the generated archive
+served on 127.0.0.1), with tiny models written in the train stage's file format.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from dvclive import Live
+
+from conftest import ROOT, Project, copy_working_tree
+from src.cli import UserError
+from src.evaluate import files, metrics, results
+from src.evaluate.model import load_state
+from src.evaluate.timing import batch_of, measure
+from src.models.resnet import build_model
+from src.params import MODELS, RuntimeParams
+from src.runtime import resolve
+from src.train import checkpoint
+from src.data.normalize import Normalizer
+
+# runtime.device stays auto: on a GPU machine the stage runs the CUDA path (bf16, channels_last),
+# deterministically and without torch.compile, which would take minutes for three models.
+TINY = {"data.train_limit": 300, "data.test_limit": 100, "data.val_size": 0,
+        "augment.preview_images": 8, "runtime.eval_batch_size": 32, "runtime.workers": 0,
+        "runtime.compile": False, "runtime.deterministic": True}
+TEST_IMAGES, EVAL_BATCH = TINY["data.test_limit"], TINY["runtime.eval_batch_size"]
+WIDTHS = {"resnet18": 2, "resnet34": 3, "resnet50": 2}  # tiny: speed only
+ACCURACY_FILES = ([f"metrics/{m}.json" for m in MODELS] + ["metrics/summary.json"]
+                  + [f"plots/{kind}/{m}.csv" for kind in ("confusion", "reliability", "per_class")
+                     for m in MODELS])
+TIMING_FILES = [f"metrics/timing/{m}.json" for m in MODELS]
+
+
+def expected_device() -> str:
+    """How the stage names the device that runtime.device = auto picks here."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, bf16"
+    return "mps, fp32" if torch.backends.mps.is_available() else "cpu, fp32"
+
+
+ON_CPU = expected_device() == "cpu, fp32"
+
+
+# --------------------------------------------------------------------------- metric functions
+
+def test_topk_accuracy_counts_label_among_k_largest():
+    logits = torch.tensor([[0.1, 0.5, 0.3, 0.2],   # label 1: top-1
+                           [0.9, 0.1, 0.8, 0.0],   # label 2: 2nd largest
+                           [0.0, 0.1, 0.2, 0.3]])  # label 0: smallest
+    labels = np.array([1, 2, 0])
+    assert metrics.topk_accuracy(logits, labels, 1) == pytest.approx(100 / 3)
+    assert metrics.topk_accuracy(logits, labels, 2) == pytest.approx(200 / 3)
+    assert metrics.topk_accuracy(logits, labels, 3) == pytest.approx(200 / 3)
+    assert metrics.topk_accuracy(logits, labels, 5) == pytest.approx(100)  # k > classes: all
+
+
+def test_ece_on_a_hand_computed_example():
+    confidence = np.array([0.95, 0.95, 0.55, 0.55, 0.55, 0.10])
+    correct = np.array([1, 0, 1, 1, 0, 0], dtype=bool)
+    rows = metrics.reliability_bins(confidence, correct, bins=15)
+    # 0.95 -> bin 14 (14/15, 1], 0.55 -> bin 8 (8/15, 9/15], 0.10 -> bin 1 (1/15, 2/15]
+    assert [(r["bin"], r["count"]) for r in rows] == [(1, 1), (8, 3), (14, 2)]
+    assert rows[2]["confidence"] == pytest.approx(95) and rows[2]["accuracy"] == pytest.approx(50)
+    assert rows[1]["accuracy"] == pytest.approx(200 / 3)
+    # (2 * |50 - 95| + 3 * |66.67 - 55| + 1 * |0 - 10|) / 6 = (90 + 35 + 10) / 6
+    assert metrics.expected_calibration_error(rows) == pytest.approx(22.5)
+
+
+def test_reliability_bins_are_closed_on_the_right():
+    rows = metrics.reliability_bins(np.array([1 / 15, 1.0]), np.array([True, False]), bins=15)
+    assert [r["bin"] for r in rows] == [0, 14]
+    assert rows[0]["lower"] == 0 and rows[-1]["upper"] == pytest.approx(100)
+
+
+def test_perfect_calibration_has_zero_ece():
+    confidence = np.full(10, 0.7)
+    correct = np.array([True] * 7 + [False] * 3)
+    rows = metrics.reliability_bins(confidence, correct)
+    assert metrics.expected_calibration_error(rows) == pytest.approx(0, abs=1e-9)
+
+
+def test_macro_precision_recall_f1_by_hand():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predictions = np.array([0, 0, 1, 1, 2, 2])
+    # class 0: P 2/2 R 2/3 F1 0.8 | class 1: P 1/2 R 1/2 F1 0.5 | class 2: P 1/2 R 1/1 F1 2/3
+    # class 3 occurs nowhere and is not averaged.
+    precision, recall, f1 = metrics.macro_precision_recall_f1(predictions, labels, num_classes=4)
+    assert precision == pytest.approx(100 * (1 + 0.5 + 0.5) / 3)
+    assert recall == pytest.approx(100 * (2 / 3 + 0.5 + 1) / 3)
+    assert f1 == pytest.approx(100 * (0.8 + 0.5 + 2 / 3) / 3)
+
+
+def test_macro_scores_count_never_predicted_and_never_actual_classes_as_zero():
+    # class 0: actual, never predicted (P 0, R 0); class 1 perfect; class 3: predicted, never actual
+    precision, recall, f1 = metrics.macro_precision_recall_f1(np.array([3, 1]), np.array([0, 1]), 4)
+    assert (precision, recall, f1) == pytest.approx((100 / 3, 100 / 3, 100 / 3))
+
+
+def test_group_accuracy_per_superclass():
+    correct = np.array([True, False, True, True, False])
+    groups = np.array([0, 0, 2, 2, 2])
+    assert metrics.group_accuracy(correct, groups, ["a", "b", "c"]) == pytest.approx(
+        {"a": 50.0, "c": 200 / 3})  # b has no images: absent, not 0
+
+
+def test_superclass_of_fills_classes_missing_from_the_training_split():
+    mapping = metrics.superclass_of([-1, 0, 1], np.array([0, 2]), np.array([1, 1]))
+    assert mapping.tolist() == [1, 0, 1]
+
+
+def test_model_results_on_a_small_split():
+    classes = {"fine": ["a0", "a1", "b0", "b1"], "coarse": ["A", "B"], "fine_to_coarse": [0, 0, 1, 1]}
+    logits = torch.tensor([[4.0, 0, 0, 0], [0, 0, 4.0, 0], [0, 0, 4.0, 0], [0, 0, 0, 4.0]])
+    split = {"fine_labels": np.array([0, 1, 2, 3]), "coarse_labels": np.array([0, 0, 1, 1])}
+    out = results.model_results(logits, split, classes)
+    m = out["metrics"]
+    assert m["top1"] == pytest.approx(75) and m["top5"] == pytest.approx(100)
+    assert m["superclass_top1"] == pytest.approx(75)  # a1 predicted as b0: wrong superclass
+    assert m["per_superclass"] == pytest.approx({"A": 50.0, "B": 100.0})
+    assert m["loss"] == pytest.approx(torch.nn.functional.cross_entropy(
+        logits, torch.tensor([0, 1, 2, 3])).item())
+    assert out["confusion"][1] == {"actual": "a1", "predicted": "b0"}
+    assert [(r["class"], r["superclass"], r["accuracy"]) for r in out["per_class"]] == [
+        ("a0", "A", 100.0), ("a1", "A", 0.0), ("b0", "B", 100.0), ("b1", "B", 100.0)]
+    assert sum(r["count"] for r in out["reliability"]) == 4
+
+
+def test_rounded_json_is_deterministic(tmp_path):
+    value = {"b": np.float32(1 / 3), "a": [np.int64(2), -1e-9, True], "s": "x"}
+    files.write_json(tmp_path / "one.json", value)
+    files.write_json(tmp_path / "two.json", dict(reversed(list(value.items()))))
+    text = (tmp_path / "one.json").read_text()
+    assert text == (tmp_path / "two.json").read_text()
+    assert json.loads(text) == {"a": [2, 0.0, True], "b": 0.3333, "s": "x"}
+    assert "-0.0" not in text
+
+
+def test_timing_on_a_tiny_model():
+    runtime = resolve(RuntimeParams(device="cpu", compile=False))
+    model = build_model("resnet18", width=2)
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    assert len(batch_of(images, 12)) == 12  # a split smaller than one batch is repeated
+    normalize = Normalizer([0.5] * 3, [0.25] * 3, runtime.device, runtime.channels_last)
+    timing = measure(model, images, normalize, runtime, batch_size=8, min_seconds=0.05)
+    assert timing["batch_size"] == 8
+    assert timing["throughput_img_s"] > 0 and timing["latency_ms"] > 0
+
+
+def test_load_state_refuses_a_model_trained_on_other_data(tmp_path):
+    path = tmp_path / "resnet18.pt"
+    write_model_file(path, "resnet18", 2, prepared_hash="a" * 32, mean=[0.5] * 3, std=[0.25] * 3)
+    assert load_state(path, "a" * 32)["architecture"] == "resnet18"
+    with pytest.raises(UserError, match=r"stale.*dvc repro train-resnet18"):
+        load_state(path, "b" * 32)
+
+
+def test_load_state_refuses_a_missing_model(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_state(tmp_path / "resnet50.pt", "a" * 32)
+
+
+# --------------------------------------------------------------------------- stage inputs
+
+def write_model_file(path: Path, name: str, width: int, prepared_hash: str, mean, std, seed: int = 0) -> None:
+    """A models/<name>.pt as stages/train.py writes it (untrained weights: only the format matters)."""
+    torch.manual_seed(seed)
+    model = build_model(name, width=width)
+    checkpoint.save({"architecture": name, "num_classes": 100, "width": width,
+                     "state_dict": model.state_dict(),
+                     "params": {"model": name, "seed": seed, "lr": 0.1, "epochs": 1, "width": width},
+                     "prepared_data_hash": prepared_hash, "normalize": {"mean": list(mean), "std": list(std)},
+                     "history": [], "versions": checkpoint.versions()}, path)
+
+
+def write_curves(folder: Path, epochs: int = 3) -> None:
+    """plots/train/<name>/ as the train stage logs it with DVCLive."""
+    with Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        for epoch in range(epochs):
+            for key, value in (("train/loss", 4.6 - 0.3 * epoch), ("train/acc", 1.0 + 5 * epoch),
+                               ("heldout/loss", 4.5 - 0.2 * epoch), ("heldout/acc", 2.0 + 4 * epoch),
+                               ("lr", 0.1 * (epochs - epoch) / epochs)):
+                live.log_metric(key, value)
+            live.next_step()
+        live.summary["heldout_split"] = "test (monitoring only, nothing selected on it)"
+
+
+@dataclass
+class Evaluated:
+    project: Project
+    first: object   # CompletedProcess of the first evaluate run
+    second: object  # ... and of the second
+    first_bytes: dict[str, bytes]
+
+    def json(self, rel: str) -> dict:
+        return json.loads((self.project.root / rel).read_text())
+
+
+_evaluated: list[Evaluated] = []  # built once per session, also for tests/test_report.py
+
+
+def evaluated_project(tmp_path_factory, downloaded) -> Evaluated:
+    """A git copy of the project after augment, tiny models and curves, and two evaluate runs."""
+    if _evaluated:
+        return _evaluated[0]
+    source, _, download = downloaded
+    assert download.returncode == 0, download.stderr[-3000:]
+    project = copy_working_tree(tmp_path_factory.mktemp("evaluate") / "project", git=True)
+    project.link_raw_from(source)
+    project.set_params(TINY)
+    augment = project.stage("augment")
+    assert augment.returncode == 0, augment.stderr[-3000:]
+    prepared = project.root / "data" / "prepared"
+    stats = json.loads((prepared / "stats.json").read_text())
+    for seed, name in enumerate(MODELS):
+        write_model_file(project.root / "models" / f"{name}.pt", name, WIDTHS[name],
+                         checkpoint.data_hash(prepared), stats["mean"], stats["std"], seed)
+        with contextlib.chdir(project.root):  # DVCLive looks for a repo from the working directory
+            write_curves(project.root / "plots" / "train" / name)
+    first = project.stage("evaluate")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    first_bytes = {rel: (project.root / rel).read_bytes() for rel in ACCURACY_FILES + TIMING_FILES}
+    second = project.stage("evaluate")
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    _evaluated.append(Evaluated(project, first, second, first_bytes))
+    return _evaluated[0]
+
+
+@pytest.fixture(scope="session")
+def evaluated(tmp_path_factory, downloaded) -> Evaluated:
+    return evaluated_project(tmp_path_factory, downloaded)
+
+
+# --------------------------------------------------------------------------- the stage
+
+def test_metrics_files_have_the_expected_keys_and_ranges(evaluated):
+    stats = evaluated.json("data/prepared/stats.json")
+    classes = evaluated.json("data/prepared/classes.json")
+    for name in MODELS:
+        m = evaluated.json(f"metrics/{name}.json")
+        assert {"top1", "top5", "loss", "ece", "macro_precision", "macro_recall", "macro_f1",
+                "superclass_top1", "per_superclass", "parameters", "test_images", "provenance"} <= set(m)
+        assert m["test_images"] == TEST_IMAGES
+        for key in ("top1", "top5", "ece", "macro_precision", "macro_recall", "macro_f1", "superclass_top1"):
+            assert 0 <= m[key] <= 100, (name, key, m[key])
+        assert m["top1"] <= m["top5"] and m["top1"] <= m["superclass_top1"]
+        assert 0 < m["loss"] < 50
+        assert m["parameters"] == sum(p.numel() for p in build_model(name, width=WIDTHS[name]).parameters())
+        assert set(m["per_superclass"]) <= set(classes["coarse"]) and len(m["per_superclass"]) >= 10
+        assert all(0 <= v <= 100 for v in m["per_superclass"].values())
+        p = m["provenance"]
+        assert p["archive_md5"] == stats["archive_md5"]
+        assert p["prepared_data_hash"] == checkpoint.data_hash(evaluated.project.root / "data/prepared")
+        assert p["device"] == expected_device() and p["torch"] == torch.__version__
+        assert p["trained"] == {"epochs": 1, "lr": 0.1}  # from the model file, not params.yaml
+        # rounded to 4 decimals, keys sorted
+        assert all(round(v, 4) == v for v in m.values() if isinstance(v, float))
+        assert list(m) == sorted(m)
+
+
+def test_summary_puts_the_headline_numbers_side_by_side(evaluated):
+    summary = evaluated.json("metrics/summary.json")
+    assert list(summary) == sorted(MODELS)
+    for name in MODELS:
+        m = evaluated.json(f"metrics/{name}.json")
+        assert summary[name] == {k: m[k] for k in ("top1", "top5", "loss", "ece", "parameters")}
+
+
+def test_timings_are_kept_apart(evaluated):
+    for name in MODELS:
+        t = evaluated.json(f"metrics/timing/{name}.json")
+        assert t["batch_size"] == EVAL_BATCH and t["device"] == expected_device() and t["compile"] is False
+        assert t["throughput_img_s"] > 0 and t["latency_ms"] > 0
+        assert not {"throughput_img_s", "latency_ms"} & set(evaluated.json(f"metrics/{name}.json"))
+
+
+def test_two_runs_give_byte_identical_accuracy_files(evaluated):
+    root = evaluated.project.root
+    for rel in ACCURACY_FILES:
+        assert (root / rel).read_bytes() == evaluated.first_bytes[rel], f"{rel} differs between runs"
+
+
+def test_metrics_agree_with_an_independent_forward_pass(evaluated):
+    """top-1 and the confusion rows match the model run here in fp32, with its stored normalisation."""
+    root = evaluated.project.root
+    classes = evaluated.json("data/prepared/classes.json")
+    with np.load(root / "data/prepared/test.npz") as npz:
+        images, labels = npz["images"], npz["fine_labels"]
+    for name in MODELS:
+        state = torch.load(root / "models" / f"{name}.pt", weights_only=True)
+        model = build_model(name, width=state["width"]).eval()
+        model.load_state_dict(state["state_dict"])
+        mean = torch.tensor(state["normalize"]["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(state["normalize"]["std"]).view(1, 3, 1, 1)
+        x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        with torch.no_grad():
+            mine = [classes["fine"][p] for p in model(x).argmax(1).tolist()]
+        rows = (root / f"plots/confusion/{name}.csv").read_text().splitlines()
+        assert rows[0] == "actual,predicted" and len(rows) == 1 + len(labels)
+        actual, predicted = zip(*(row.split(",") for row in rows[1:]))
+        assert list(actual) == [classes["fine"][a] for a in labels]
+        top1 = round(float(np.mean(np.array(actual) == np.array(predicted)) * 100), 4)
+        assert evaluated.json(f"metrics/{name}.json")["top1"] == top1
+        if ON_CPU:
+            assert list(predicted) == mine
+        else:  # bf16 on an accelerator may flip near-ties of these untrained models
+            assert np.mean(np.array(predicted) == np.array(mine)) >= 0.8
+
+
+def test_reliability_table_reproduces_the_ece(evaluated):
+    import pandas as pd
+    for name in MODELS:
+        table = pd.read_csv(evaluated.project.root / f"plots/reliability/{name}.csv")
+        assert list(table.columns) == ["bin", "lower", "upper", "confidence", "accuracy", "count"]
+        assert table["count"].sum() == TEST_IMAGES and table["bin"].between(0, 14).all()
+        ece = (table["count"] * (table["accuracy"] - table["confidence"]).abs()).sum() / TEST_IMAGES
+        assert evaluated.json(f"metrics/{name}.json")["ece"] == pytest.approx(ece, abs=1e-3)
+        per_class = pd.read_csv(evaluated.project.root / f"plots/per_class/{name}.csv")
+        assert per_class["images"].sum() == TEST_IMAGES
+
+
+def test_a_stale_model_is_refused_and_nothing_is_written(evaluated):
+    root = evaluated.project.root
+    model = root / "models" / "resnet34.pt"
+    original = model.read_bytes()
+    before = {rel: (root / rel).read_bytes() for rel in ACCURACY_FILES + TIMING_FILES}
+    state = torch.load(model, weights_only=True)
+    try:
+        state["prepared_data_hash"] = "0" * 32
+        torch.save(state, model)
+        result = evaluated.project.stage("evaluate")
+        assert result.returncode == 1
+        assert "models/resnet34.pt is stale" in result.stderr and "Traceback" not in result.stderr
+        assert "dvc repro train-resnet34" in result.stderr
+    finally:
+        model.write_bytes(original)
+    assert {rel: (root / rel).read_bytes() for rel in before} == before
+    leftovers = [p for p in (root / "metrics").rglob("*") if ".tmp" in p.name]
+    leftovers += [p for p in (root / "plots").rglob("*") if ".tmp" in p.name]
+    assert leftovers == []
+
+
+def test_dvc_metrics_and_plots_show_and_diff(evaluated):
+    project = evaluated.project
+    shown = project.dvc("metrics", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    revisions = json.loads(shown.stdout)  # {"": {"data": ...}}: the workspace (no revision name)
+    data = revisions.get("workspace", revisions.get(""))["data"]
+    assert {f"metrics/{m}.json" for m in MODELS} | {"metrics/summary.json"} | set(TIMING_FILES) <= set(data)
+    assert data["metrics/resnet18.json"]["data"]["top1"] == evaluated.json("metrics/resnet18.json")["top1"]
+
+    assert project.git("add", "-A").returncode == 0
+    assert project.git("commit", "-q", "-m", "evaluated").returncode == 0
+    for command in (["plots", "show", "--json"], ["plots", "diff", "--json", "HEAD"]):
+        result = project.dvc(*command)
+        assert result.returncode == 0, result.stderr
+        plots = json.loads(result.stdout)
+        assert not plots.get("errors"), plots["errors"]
+        rendered = plots["data"]
+        expected = {"train/loss", "train/acc", "heldout/loss", "heldout/acc", "lr", "reliability",
+                    "per_class"} | {f"confusion/{m}" for m in MODELS}
+        assert expected <= set(rendered), sorted(rendered)
+        curves = rendered["train/loss"][0]["content"]["data"]["values"]
+        assert {row["filename"].split("/")[0] for row in curves} == set(MODELS)  # all three models
+        confusion = rendered["confusion/resnet18"][0]["content"]
+        assert confusion["data"]["values"][0].keys() >= {"actual", "predicted"}
+        assert len(confusion["data"]["values"]) == TEST_IMAGES * (1 if command[1] == "show" else 2)
+
+
+# --------------------------------------------------------------------------- dvc.yaml
+# tests/test_lineage.py checks every stage's code deps against its imports; these check the rest.
+
+def declared(stage: str) -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
+
+
+def declared_code(stage: str) -> set[str]:
+    return {d for d in declared(stage)["deps"] if d.endswith(".py")}
+
+
+def test_evaluate_declares_its_data_and_params():
+    stage = declared("evaluate")
+    data = {d for d in stage["deps"] if not d.endswith(".py")}
+    assert data == {"data/prepared"} | {f"models/{m}.pt" for m in MODELS}
+    assert stage["params"] == ["runtime"]
+    metric_files = {next(iter(m)) for m in stage["metrics"]}
+    accuracy = {f"metrics/{m}.json" for m in MODELS} | {"metrics/summary.json"}
+    assert metric_files == accuracy | set(TIMING_FILES)
+    assert all(next(iter(m.values())) == {"cache": False} for m in stage["metrics"])
+    # Plot tables in the DVC cache: a cache: false out other than metrics turns off the run-cache.
+    assert stage["outs"] == [f"plots/{kind}/{m}.csv" for kind in ("confusion", "reliability", "per_class")
+                             for m in MODELS]
+
+
+def test_top_level_plots_show_all_three_models():
+    plots = {next(iter(p)): next(iter(p.values())) for p in
+             yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]}
+    for curve in ("train/loss", "train/acc", "heldout/loss", "heldout/acc", "lr"):
+        assert plots[curve]["x"] == "step"
+        assert plots[curve]["y"] == {f"plots/train/{m}/plots/metrics/{curve}.tsv": curve.split("/")[-1]
+                                     for m in MODELS}
+    for m in MODELS:
+        assert plots[f"confusion/{m}"] == plots[f"confusion/{m}"] | {
+            "template": "confusion", "x": "actual", "y": {f"plots/confusion/{m}.csv": "predicted"}}
+    assert set(plots["reliability"]["y"]) == {f"plots/reliability/{m}.csv" for m in MODELS}
+
+
+def test_report_code_changes_do_not_rerun_evaluate():
+    assert {d for d in declared_code("evaluate") if d.startswith("src/")} >= {
+        "src/evaluate/metrics.py", "src/evaluate/results.py", "src/predict.py"}
+    assert not {d for d in declared_code("evaluate") if d.startswith("src/report/")}

@@ -1,0 +1,107 @@
+"""params.yaml: one typed schema, checked by every stage before any work."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from src.cli import UserError
+from src.params import Params, load_params, parse_params
+
+BAD_INPUTS = [  # (key, value, words the one-line message must contain)
+    ("lr", 0, "greater than 0"),
+    ("lr", -0.1, "greater than 0"),
+    ("lr", "fast", "valid number"),
+    ("epochs", 0, "greater than or equal to 1"),
+    ("epochs", 1.5, "valid integer"),
+    ("epochs", True, "valid integer"),
+    ("batch_size", 0, "greater than or equal to 1"),
+    ("seed", -1, "greater than or equal to 0"),
+    ("model.width", 0, "greater than or equal to 1"),
+    ("data.train_limit", -5, "greater than or equal to 1"),
+    ("data.test_limit", -1, "greater than or equal to 1"),
+    ("data.val_size", 50_000, "smaller than the training set"),
+    ("data.url", "ftp://mirror.example/cifar.tgz", "http://, https:// or file://"),
+    ("data.md5", "abc123", "32 hexadecimal digits"),
+    ("augment.crop", "random", "'pad' or 'resized'"),
+    ("augment.cutout_p", 1.5, "less than or equal to 1"),
+    ("augment.resized_scale", [0.9, 0.2], "0 < low <= high <= 1"),
+    ("model.resnet50.autoaugment", "yes", "valid boolean"),
+    ("model.resnet18.mixup_alpha", -0.2, "greater than or equal to 0"),
+    ("train.schedule", "step", "'cosine' or 'onecycle'"),
+    ("train.momentum", 1.0, "less than 1"),
+    ("runtime.device", "tpu", "'auto', 'cuda', 'mps' or 'cpu'"),
+    ("runtime.workers", -2, "whole number >= 0"),
+    ("model.depth", 101, "unknown key 'model.depth'"),
+]
+
+
+def with_value(raw: dict, key: str, value) -> dict:
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return raw
+
+
+def default_raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_params_yaml_matches_the_schema_exactly():
+    raw = default_raw()
+    params = parse_params(raw)  # extra="forbid": an unknown key in params.yaml fails here
+    # ...and the schema's defaults are the file's values: one source of truth for the recipe.
+    assert Params().model_dump() == params.model_dump()
+
+
+@pytest.mark.parametrize("key, value, allowed", BAD_INPUTS, ids=[f"{k}={v!r}" for k, v, _ in BAD_INPUTS])
+def test_bad_value_names_key_value_and_what_is_allowed(key, value, allowed):
+    with pytest.raises(UserError) as error:
+        parse_params(with_value(default_raw(), key, value))
+    message = str(error.value)
+    assert len(message.splitlines()) == 1, message
+    assert key in message and allowed in message
+    if "unknown key" not in allowed and key != "data.val_size":
+        assert repr(value) in message
+
+
+def test_val_size_counts_against_the_train_limit():
+    raw = with_value(with_value(default_raw(), "data.train_limit", 1000), "data.val_size", 1000)
+    with pytest.raises(UserError, match=r"data.val_size = 1000 must be smaller than the training set \(1000"):
+        parse_params(raw)
+
+
+def test_broken_yaml_and_missing_file_are_user_errors(tmp_path):
+    (tmp_path / "params.yaml").write_text("lr: [0.1\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+    with pytest.raises(UserError, match="not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("stage, key, value", [
+    ("download", "data.md5", "not-an-md5"),
+    ("augment", "data.val_size", -3),
+    ("train --model resnet18", "lr", -1),
+    ("evaluate", "runtime.eval_batch_size", 0),
+    ("report", "epochs", 2.5),
+])
+def test_every_stage_refuses_bad_params_in_seconds_without_traceback(stage_copy, stage, key, value):
+    (stage_copy.root / "metrics").mkdir(exist_ok=True)
+    sentinel = stage_copy.root / "metrics" / "resnet18.json"
+    sentinel.write_text('{"top1": 1.0}\n')
+    stage_copy.set_params({key: value})
+    start = time.perf_counter()
+    result = stage_copy.run("python", "-m", *f"stages.{stage}".split())
+    seconds = time.perf_counter() - start
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and key in lines[0] and repr(value) in lines[0], result.stderr
+    assert seconds < 30, f"validation took {seconds:.0f} s"
+    assert sentinel.read_text() == '{"top1": 1.0}\n', "metrics/ must be untouched"
+    assert not (stage_copy.root / "data").exists() and not (stage_copy.root / "models").exists()
