@@ -1,0 +1,93 @@
+"""The whole pipeline, end to end, through DVC itself: repro, exp run, metrics/params diff."""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT, copy_working_tree
+
+ALL_STAGES = {"download", "augment", "train-resnet18", "train-resnet34", "train-resnet50",
+              "evaluate", "report"}
+AFTER_TRAIN = {"train-resnet18", "train-resnet34", "train-resnet50", "evaluate", "report"}
+TINY = {"data.train_limit": 400, "data.test_limit": 200, "model.width": 2, "epochs": 1,
+        "batch_size": 100, "lr": 0.1, "runtime.workers": 0}
+timings: dict[str, float] = {}
+
+
+def ran(result) -> set[str]:
+    return set(re.findall(r"Running stage '([\w-]+)'", result.stdout))
+
+
+def ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, cifar_archive, http_server):
+    project = copy_working_tree(tmp_path_factory.mktemp("e2e") / "project", git=True)
+    project.set_params({**TINY, "data.url": http_server.publish(cifar_archive.path),
+                        "data.md5": cifar_archive.md5})
+    return project
+
+
+def test_repro_exp_run_and_diffs_end_to_end(repo):
+    start = time.perf_counter()
+    first = ok(repo.dvc("repro"))
+    timings["first dvc repro (7 stages)"] = time.perf_counter() - start
+    assert ran(first) == ALL_STAGES
+    summary = json.loads((repo.root / "metrics/summary.json").read_text())
+    assert set(summary) == {"resnet18", "resnet34", "resnet50"}
+    assert (repo.root / "plots/report.md").read_text().count("ResNet-50") >= 1
+    repo.git("add", "-A")
+    ok(repo.git("commit", "-q", "-m", "baseline"))
+
+    exp = ok(repo.dvc("exp", "run", "-n", "lower-lr", "-S", "lr=0.03"))
+    assert ran(exp) == AFTER_TRAIN, exp.stdout
+
+    shown = ok(repo.dvc("exp", "show", "--csv"))
+    assert "lower-lr" in shown.stdout and "workspace" in shown.stdout
+    assert "0.03" in shown.stdout and "0.1" in shown.stdout
+
+    params_diff = ok(repo.dvc("params", "diff", "HEAD", "--json"))
+    lr = json.loads(params_diff.stdout)["params.yaml"]["lr"]
+    assert (lr["old"], lr["new"]) == (0.1, 0.03)
+    metrics_diff = json.loads(ok(repo.dvc("metrics", "diff", "HEAD", "--json")).stdout)
+    changed = metrics_diff["metrics/resnet18.json"]
+    assert "top1" in changed or "loss" in changed, metrics_diff
+    assert changed["loss"]["old"] != changed["loss"]["new"]
+
+    start = time.perf_counter()
+    again = ok(repo.dvc("repro"))
+    timings["no-op dvc repro"] = time.perf_counter() - start
+    assert ran(again) == set(), again.stdout
+    assert "didn't change" in again.stdout or "up to date" in again.stdout.lower()
+    for name, seconds in timings.items():
+        print(f"{name}: {seconds:.1f} s")
+
+
+def _stages_listing(relative: str) -> set[str]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name for name, stage in stages.items() if relative in stage.get("deps", [])}
+
+
+def test_editing_a_module_marks_exactly_the_stages_that_import_it(repo):
+    status = ok(repo.dvc("status", "--json"))
+    assert json.loads(status.stdout or "{}") == {}, "the pipeline must be up to date first"
+    modules = sorted(p.relative_to(repo.root) for p in [*repo.root.glob("src/**/*.py"),
+                                                        *repo.root.glob("stages/*.py")]
+                     if p.read_text().strip() and p.name != "__init__.py")
+    assert len(modules) > 20
+    for module in modules:
+        path = repo.root / module
+        original = path.read_text()
+        path.write_text(original + "\n# edited by the lineage test\n")
+        try:
+            marked = set(json.loads(ok(repo.dvc("status", "--json")).stdout or "{}"))
+        finally:
+            path.write_text(original)
+        assert marked == _stages_listing(str(module)) and marked, f"editing {module} marks {marked}"
