@@ -1,6 +1,7 @@
 """What every stage script shares: one way to fail clearly and to write outputs atomically."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -9,6 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+# A full disk, a quota, a file size limit, a read-only or unwritable place, a file where
+# an output folder should be: the user can fix all of these, so no traceback.
+_CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
+                 errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -31,12 +36,12 @@ def run(main: Callable[[], None]) -> None:
         print("\nInterrupted: outputs of this stage were not written.", file=sys.stderr)
         sys.exit(130)
     except OSError as error:
-        if error.errno in (28, 13, 30):  # ENOSPC, EACCES, EROFS
-            print(f"\nERROR: cannot write {error.filename or 'output'}: {error.strerror}. "
-                  "Free some disk space or fix the folder's permissions, then run again.",
-                  file=sys.stderr)
-            sys.exit(1)
-        raise
+        if error.errno not in _CANNOT_WRITE:
+            raise
+        print(f"\nERROR: cannot write {error.filename or 'an output'}: {error.strerror}. "
+              "Free some disk space or fix the output folder (it must be a writable folder), "
+              "then run again.", file=sys.stderr)
+        sys.exit(1)
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import cifar_archive as ca
@@ -39,6 +40,17 @@ _timings: dict[str, float] = {}
 def run_cmd(args: list[str | os.PathLike], cwd: str | os.PathLike, env: dict | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a command with the venv's python and dvc first on PATH; capture text output."""
+    return subprocess.run([str(a) for a in args], cwd=cwd, env=command_env(env), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_cmd(args: list[str | os.PathLike], cwd: str | os.PathLike, env: dict | None = None) -> subprocess.Popen:
+    """Start a command as run_cmd would, with stdout and stderr merged into one text pipe."""
+    return subprocess.Popen([str(a) for a in args], cwd=cwd, env=command_env(env), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def command_env(env: dict | None = None) -> dict:
     full_env = {
         **os.environ,
         "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -48,8 +60,7 @@ def run_cmd(args: list[str | os.PathLike], cwd: str | os.PathLike, env: dict | N
         **(env or {}),
     }
     full_env.pop("PYTHONPATH", None)  # the stages import src/ from the copy, not from here
-    return subprocess.run([str(a) for a in args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return full_env
 
 
 def assert_equal_arrays(actual: np.ndarray, expected: np.ndarray, what: str = "arrays") -> None:
@@ -287,3 +298,48 @@ def genuine_archive(tmp_path_factory) -> Path:
     md5 = ca.md5sum(path)
     assert md5 == GENUINE_MD5, f"{SHARED / 'cifar100'} parts concatenate to md5 {md5}"
     return path
+
+
+# --------------------------------------------------------------------------- training
+
+SMALL = {  # a few seconds per training run on two CPU cores
+    "data.train_limit": 1000, "data.test_limit": 300, "model.width": 4, "epochs": 3,
+    "batch_size": 64, "lr": 0.2, "train.warmup_epochs": 1, "runtime.workers": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, downloaded):
+    """A project copy with small params whose augment stage has run."""
+    project = copy_working_tree(tmp_path_factory.mktemp("train") / "project", git=False)
+    project.link_raw_from(downloaded[0])
+    project.set_params({**SMALL, "data.url": downloaded[1], "data.md5": downloaded[0].params()["data"]["md5"]})
+    result = project.stage("augment")
+    assert result.returncode == 0, result.stderr
+    return project
+
+
+def clone(prepared, path):
+    """Another copy sharing the prepared data (hard links: stages only read it)."""
+    project = copy_working_tree(path, git=False)
+    (project.root / "params.yaml").write_text((prepared.root / "params.yaml").read_text())
+    for folder in ("data/raw", "data/prepared"):
+        (project.root / folder).mkdir(parents=True)
+        for file in (prepared.root / folder).iterdir():
+            os.link(file, project.root / folder / file.name)
+    return project
+
+
+def train(project, model="resnet18", timeout=300):
+    return project.run(sys.executable, "-m", "stages.train", "--model", model, timeout=timeout)
+
+
+def weights(project, model="resnet18"):
+    return torch.load(project.root / f"models/{model}.pt", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def trained(prepared):
+    result = train(prepared)
+    assert result.returncode == 0, result.stderr
+    return prepared, result

@@ -16,6 +16,7 @@ AFTER_TRAIN = {"train-resnet18", "train-resnet34", "train-resnet50", "evaluate",
 TINY = {"data.train_limit": 400, "data.test_limit": 200, "model.width": 2, "epochs": 1,
         "batch_size": 100, "lr": 0.1, "runtime.workers": 0}
 timings: dict[str, float] = {}
+baseline: dict[str, bytes] = {}  # accuracy metrics of the first repro, byte for byte
 
 
 def ran(result) -> set[str]:
@@ -43,6 +44,7 @@ def test_repro_exp_run_and_diffs_end_to_end(repo):
     summary = json.loads((repo.root / "metrics/summary.json").read_text())
     assert set(summary) == {"resnet18", "resnet34", "resnet50"}
     assert (repo.root / "plots/report.md").read_text().count("ResNet-50") >= 1
+    baseline.update({p.name: p.read_bytes() for p in (repo.root / "metrics").glob("*.json")})
     repo.git("add", "-A")
     ok(repo.git("commit", "-q", "-m", "baseline"))
 
@@ -91,3 +93,16 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(repo):
         finally:
             path.write_text(original)
         assert marked == _stages_listing(str(module)) and marked, f"editing {module} marks {marked}"
+
+
+def test_the_same_params_give_byte_identical_accuracy_metrics(tmp_path, cifar_archive, http_server):
+    assert baseline, "runs after test_repro_exp_run_and_diffs_end_to_end"
+    again = copy_working_tree(tmp_path / "again", git=True)
+    again.set_params({**TINY, "data.url": http_server.publish(cifar_archive.path),
+                      "data.md5": cifar_archive.md5})
+    ok(again.dvc("repro"))
+    repeated = {p.name: p.read_bytes() for p in (again.root / "metrics").glob("*.json")}
+    assert sorted(repeated) == sorted(baseline) == ["resnet18.json", "resnet34.json", "resnet50.json",
+                                                     "summary.json"]
+    for name in baseline:
+        assert repeated[name] == baseline[name], f"metrics/{name} differs between two identical runs"

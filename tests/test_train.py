@@ -3,24 +3,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import copy_working_tree
+from conftest import clone, train, weights
 from src.models.resnet import ARCHITECTURES, build_model, count_parameters
 from src.train.optim import get_lr, param_groups
-
-SMALL = {  # a few seconds per training run on two CPU cores
-    "data.train_limit": 1000, "data.test_limit": 300, "model.width": 4, "epochs": 3,
-    "batch_size": 64, "lr": 0.2, "train.warmup_epochs": 1, "runtime.workers": 1,
-}
-
 
 # --------------------------------------------------------------------------- model and optimiser
 
@@ -71,43 +62,6 @@ def test_weight_decay_skips_batchnorm_and_biases_unless_asked():
 
 # --------------------------------------------------------------------------- the stage
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, downloaded):
-    """A project copy with small params whose augment stage has run."""
-    project = copy_working_tree(tmp_path_factory.mktemp("train") / "project", git=False)
-    project.link_raw_from(downloaded[0])
-    project.set_params({**SMALL, "data.url": downloaded[1], "data.md5": downloaded[0].params()["data"]["md5"]})
-    result = project.stage("augment")
-    assert result.returncode == 0, result.stderr
-    return project
-
-
-def clone(prepared, path):
-    """Another copy sharing the prepared data (hard links: stages only read it)."""
-    project = copy_working_tree(path, git=False)
-    (project.root / "params.yaml").write_text((prepared.root / "params.yaml").read_text())
-    for folder in ("data/raw", "data/prepared"):
-        (project.root / folder).mkdir(parents=True)
-        for file in (prepared.root / folder).iterdir():
-            os.link(file, project.root / folder / file.name)
-    return project
-
-
-def train(project, model="resnet18", timeout=300):
-    return project.run(sys.executable, "-m", "stages.train", "--model", model, timeout=timeout)
-
-
-def weights(project, model="resnet18"):
-    return torch.load(project.root / f"models/{model}.pt", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def trained(prepared):
-    result = train(prepared)
-    assert result.returncode == 0, result.stderr
-    return prepared, result
-
-
 def test_training_learns_well_above_chance_and_writes_a_safe_model_file(trained):
     project, result = trained
     state = weights(project)  # weights_only=True: plain tensors and containers only
@@ -121,32 +75,6 @@ def test_training_learns_well_above_chance_and_writes_a_safe_model_file(trained)
     curve = (project.root / "plots/train/resnet18/plots/metrics/heldout/acc.tsv").read_text().splitlines()
     assert curve[0].split("\t")[:2] == ["step", "acc"] and len(curve) == 1 + 3
     assert "monitoring only" in (project.root / "plots/train/resnet18/metrics.json").read_text()
-
-
-def test_a_killed_run_resumes_to_the_same_weights(trained, tmp_path):
-    reference, _ = trained
-    project = clone(reference, tmp_path / "killed")
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    process = subprocess.Popen([sys.executable, "-m", "stages.train", "--model", "resnet18"],
-                               cwd=project.root, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    checkpoint = project.root / "checkpoints/resnet18.pt"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert checkpoint.exists(), "the run ended before writing its first checkpoint"
-    assert not (project.root / "models/resnet18.pt").exists()
-
-    result = train(project)
-    assert result.returncode == 0, result.stderr
-    assert "resuming from checkpoints/resnet18.pt after epoch" in result.stdout
-    expected, actual = weights(reference)["state_dict"], weights(project)["state_dict"]
-    assert expected.keys() == actual.keys()
-    assert all(torch.equal(expected[k], actual[k]) for k in expected)
-    curve = (project.root / "plots/train/resnet18/plots/metrics/train/loss.tsv").read_text()
-    assert len(curve.splitlines()) == 1 + 3, "the resumed run logs the whole curve"
 
 
 def test_a_checkpoint_from_other_params_or_a_hostile_one_is_not_resumed(prepared, tmp_path):
