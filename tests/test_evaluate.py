@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +163,25 @@ def test_load_state_refuses_a_model_trained_on_other_data(tmp_path):
     assert load_state(path, "a" * 32)["architecture"] == "resnet18"
     with pytest.raises(UserError, match=r"stale.*dvc repro train-resnet18"):
         load_state(path, "b" * 32)
+
+
+def test_load_state_refuses_a_hostile_model_file_without_running_it(tmp_path):
+    sentinel = tmp_path / "pwned"
+    path = tmp_path / "resnet18.pt"
+    torch.save({"payload": 1}, path)  # a real torch zip file, then its pickle swapped for a hostile one
+    with zipfile.ZipFile(path) as original:
+        entries = {i.filename: original.read(i) for i in original.infolist()}
+    pickle_name = next(name for name in entries if name.endswith("data.pkl"))
+    entries[pickle_name] = b"cos\nsystem\n(S'touch " + str(sentinel).encode() + b"'\ntR."
+    with zipfile.ZipFile(path, "w") as hostile:
+        for name, data in entries.items():
+            hostile.writestr(name, data)
+    with pytest.raises(UserError, match=r"refusing .*resnet18.pt.*safe loader rejects"):
+        load_state(path, "a" * 32)
+    assert not sentinel.exists()
+    path.write_bytes(b"not a model at all")
+    with pytest.raises(UserError, match="refusing"):
+        load_state(path, "a" * 32)
 
 
 def test_load_state_refuses_a_missing_model(tmp_path):

@@ -100,7 +100,16 @@ def test_the_same_params_give_byte_identical_accuracy_metrics(tmp_path, cifar_ar
     again = copy_working_tree(tmp_path / "again", git=True)
     again.set_params({**TINY, "data.url": http_server.publish(cifar_archive.path),
                       "data.md5": cifar_archive.md5})
+    # A fresh HOME and TMPDIR: afterwards they may hold library caches only, nothing of ours.
+    outside = {"HOME": tmp_path / "home", "TMPDIR": tmp_path / "tmp"}
+    for folder in outside.values():
+        folder.mkdir()
+    again.env.update({key: str(folder) for key, folder in outside.items()})
     ok(again.dvc("repro"))
+    written = [p.relative_to(tmp_path) for folder in outside.values() for p in folder.rglob("*") if p.is_file()]
+    caches = ("home/.cache/matplotlib", "home/.config/matplotlib", "home/.config/dvc", "home/.cache/dvc",
+              "home/.local/share/dvc", "home/.config/iterative", "home/.cache/torch")
+    assert [p for p in written if not str(p).startswith(caches)] == [], "a stage wrote outside the repository"
     repeated = {p.name: p.read_bytes() for p in (again.root / "metrics").glob("*.json")}
     assert sorted(repeated) == sorted(baseline) == ["resnet18.json", "resnet34.json", "resnet50.json",
                                                      "summary.json"]
