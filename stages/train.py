@@ -9,6 +9,7 @@ Resumes from checkpoints/<name>.pt after an interruption when nothing that matte
 """
 import argparse
 import json
+from pathlib import Path
 
 import torch
 from dvclive import Live
@@ -109,7 +110,7 @@ def main() -> None:
                      "state_dict": model.state_dict(), "params": training,
                      "prepared_data_hash": data_hash, "normalize": {"mean": mean.tolist(), "std": std.tolist()},
                      "history": history, "versions": checkpoint.versions()}, f"models/{name}.pt")
-    checkpoint.Path(ckpt_path).unlink(missing_ok=True)
+    Path(ckpt_path).unlink(missing_ok=True)  # finished: nothing to resume
     print(f"{name}: wrote models/{name}.pt ({json.dumps(history[-1])})")
 
 
