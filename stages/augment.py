@@ -46,8 +46,8 @@ def main() -> None:
     originals = prepared["train"]
     if params.augment.offline_copies > 0:
         # The seed's trick: a fixed set of augmented copies on top of the on-the-fly augmentation.
-        copies = [splits.take(originals, slice(None)) | {"images": pipelines.augment_batch(
-            standard, originals["images"])} for _ in range(params.augment.offline_copies)]
+        copies = [{**originals, "images": pipelines.augment_batch(standard, originals["images"])}
+                  for _ in range(params.augment.offline_copies)]
         prepared["train"] = {k: np.concatenate([originals[k]] + [c[k] for c in copies])
                              for k in splits.KEYS}
 

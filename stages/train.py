@@ -63,7 +63,8 @@ def main() -> None:
                             "deterministic": params.runtime.deterministic}}
     data_hash = checkpoint.data_hash(PREPARED)
     ckpt_path = f"checkpoints/{name}.pt"
-    state, message = checkpoint.load_checkpoint(ckpt_path, checkpoint.fingerprint(training, data_hash))
+    fingerprint = checkpoint.fingerprint(training, data_hash)  # params, data and code of this run
+    state, message = checkpoint.load_checkpoint(ckpt_path, fingerprint)
     print(f"{name}: {message}")
     history = []
     if state is not None:
@@ -97,7 +98,7 @@ def main() -> None:
             row["heldout_loss"], row["heldout_acc"] = loss_and_accuracy(logits, heldout["fine_labels"])
             history.append(row)
             _log(live, row)
-            checkpoint.save({"fingerprint": checkpoint.fingerprint(training, data_hash),
+            checkpoint.save({"fingerprint": fingerprint,
                              "epoch": epoch + 1, "model": model.state_dict(),
                              "optimizer": optimizer.state_dict(), "history": history}, ckpt_path)
             print(f"{name} epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.3f} acc "
