@@ -92,12 +92,11 @@ def check_md5(actual: str, expected: str, url: str) -> None:
 def read_members(archive: Path) -> dict[str, bytes]:
     """Return the bytes of the train, test and meta members, refusing a hostile tarball."""
     try:
-        # Read the gzip stream to its end first: only there is its CRC checked, and tarfile
+        # Decompress the whole stream once: its CRC is checked only at the end, and tarfile
         # alone may stop early at a garbled header and report a member as missing.
         with gzip.open(archive) as stream:
-            while stream.read(CHUNK):
-                pass
-        with tarfile.open(archive, mode="r:gz") as tar:
+            tar_bytes = stream.read()
+        with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
             members = tar.getmembers()
             for member in members:
                 _refuse_unsafe(member)
