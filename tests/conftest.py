@@ -6,6 +6,7 @@ and the real `dvc` in temporary copies of the working tree.
 from __future__ import annotations
 
 import functools
+import re
 import http.server
 import os
 import shutil
@@ -298,6 +299,32 @@ def genuine_archive(tmp_path_factory) -> Path:
     md5 = ca.md5sum(path)
     assert md5 == GENUINE_MD5, f"{SHARED / 'cifar100'} parts concatenate to md5 {md5}"
     return path
+
+
+# --------------------------------------------------------------------------- whole pipelines
+
+TINY = {  # the whole pipeline through DVC in about half a minute on two CPU cores
+    "data.train_limit": 400, "data.test_limit": 200, "model.width": 2, "epochs": 1,
+    "batch_size": 100, "lr": 0.1, "runtime.workers": 0,
+}
+
+
+def tiny_repo(path: Path, archive: "Archive", server: "HttpServer") -> Project:
+    """A git copy of the working tree with TINY params and the generated archive on loopback."""
+    project = copy_working_tree(path, git=True)
+    project.set_params({**TINY, "data.url": server.publish(archive.path), "data.md5": archive.md5})
+    return project
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """`result`, after asserting it succeeded (with the tail of its output as the message)."""
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def ran_stages(output: str) -> set[str]:
+    """The stages a `dvc repro` / `dvc exp run` output says it ran."""
+    return set(re.findall(r"Running stage '([\w-]+)'", output))
 
 
 # --------------------------------------------------------------------------- training

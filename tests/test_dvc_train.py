@@ -2,24 +2,19 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
-from conftest import copy_working_tree
+from conftest import ran_stages, tiny_repo
 
 TRAIN_STAGES = {"train-resnet18", "train-resnet34", "train-resnet50"}
 UPSTREAM = ["download", "augment", *sorted(TRAIN_STAGES)]
-TINY = {"data.train_limit": 400, "data.test_limit": 200, "model.width": 2, "epochs": 1,
-        "batch_size": 100, "lr": 0.1, "runtime.workers": 0}
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, cifar_archive, http_server):
     """A git repository where `dvc repro` has run the download, augment and train stages."""
-    project = copy_working_tree(tmp_path_factory.mktemp("dvc_train") / "project", git=True)
-    project.set_params({**TINY, "data.url": http_server.publish(cifar_archive.path),
-                        "data.md5": cifar_archive.md5})
+    project = tiny_repo(tmp_path_factory.mktemp("dvc_train") / "project", cifar_archive, http_server)
     result = project.dvc("repro", *UPSTREAM)
     assert result.returncode == 0, result.stdout + result.stderr
     project.git("add", "-A")
@@ -31,10 +26,6 @@ def changed_stages(project) -> set[str]:
     result = project.dvc("status", "--json", *UPSTREAM)
     assert result.returncode == 0, result.stderr
     return set(json.loads(result.stdout or "{}"))
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([\w-]+)'", output))
 
 
 def test_a_clean_repro_leaves_nothing_to_do(repo):

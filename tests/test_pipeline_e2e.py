@@ -2,38 +2,27 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import pytest
 import yaml
 
-from conftest import ROOT, copy_working_tree
+from conftest import ROOT, ok, ran_stages, tiny_repo
 
 ALL_STAGES = {"download", "augment", "train-resnet18", "train-resnet34", "train-resnet50",
               "evaluate", "report"}
 AFTER_TRAIN = {"train-resnet18", "train-resnet34", "train-resnet50", "evaluate", "report"}
-TINY = {"data.train_limit": 400, "data.test_limit": 200, "model.width": 2, "epochs": 1,
-        "batch_size": 100, "lr": 0.1, "runtime.workers": 0}
 timings: dict[str, float] = {}
 baseline: dict[str, bytes] = {}  # accuracy metrics of the first repro, byte for byte
 
 
 def ran(result) -> set[str]:
-    return set(re.findall(r"Running stage '([\w-]+)'", result.stdout))
-
-
-def ok(result):
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    return ran_stages(result.stdout)
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, cifar_archive, http_server):
-    project = copy_working_tree(tmp_path_factory.mktemp("e2e") / "project", git=True)
-    project.set_params({**TINY, "data.url": http_server.publish(cifar_archive.path),
-                        "data.md5": cifar_archive.md5})
-    return project
+    return tiny_repo(tmp_path_factory.mktemp("e2e") / "project", cifar_archive, http_server)
 
 
 def test_repro_exp_run_and_diffs_end_to_end(repo):
@@ -97,9 +86,7 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(repo):
 
 def test_the_same_params_give_byte_identical_accuracy_metrics(tmp_path, cifar_archive, http_server):
     assert baseline, "runs after test_repro_exp_run_and_diffs_end_to_end"
-    again = copy_working_tree(tmp_path / "again", git=True)
-    again.set_params({**TINY, "data.url": http_server.publish(cifar_archive.path),
-                      "data.md5": cifar_archive.md5})
+    again = tiny_repo(tmp_path / "again", cifar_archive, http_server)
     # A fresh HOME and TMPDIR: afterwards they may hold library caches only, nothing of ours.
     outside = {"HOME": tmp_path / "home", "TMPDIR": tmp_path / "tmp"}
     for folder in outside.values():

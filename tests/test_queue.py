@@ -7,17 +7,10 @@ import time
 
 import pytest
 
-from conftest import copy_working_tree
+from conftest import ok, tiny_repo
 
-TINY = {"data.train_limit": 400, "data.test_limit": 200, "model.width": 2, "epochs": 1,
-        "batch_size": 100, "lr": 0.1, "runtime.workers": 0}
 LRS = ("0.05", "0.2", "0.03")
 ACCURACY_FILES = ("resnet18.json", "resnet34.json", "resnet50.json", "summary.json")
-
-
-def ok(result):
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 def applied_metrics(repo, name: str) -> dict[str, bytes]:
@@ -27,9 +20,7 @@ def applied_metrics(repo, name: str) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, cifar_archive, http_server):
-    project = copy_working_tree(tmp_path_factory.mktemp("queue") / "project", git=True)
-    project.set_params({**TINY, "data.url": http_server.publish(cifar_archive.path),
-                        "data.md5": cifar_archive.md5})
+    project = tiny_repo(tmp_path_factory.mktemp("queue") / "project", cifar_archive, http_server)
     ok(project.dvc("repro"))
     project.git("add", "-A")
     ok(project.git("commit", "-q", "-m", "baseline"))

@@ -1,9 +1,7 @@
 """The train stages on CPU at a small width: models, schedule, learning, resume, divergence."""
 from __future__ import annotations
 
-import os
 import re
-import sys
 
 import numpy as np
 import pytest
