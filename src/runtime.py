@@ -19,8 +19,8 @@ from src.params import RuntimeParams
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
-    compile: bool          # torch.compile the model
-    gpu_augment: bool      # crop/flip/cutout on the GPU instead of loader workers
+    compile: bool          # torch.compile the model for training
+    gpu_augment: bool      # crop/flip/cutout on the training device instead of loader workers
     workers: int           # DataLoader worker processes
     channels_last: bool    # NHWC memory layout: faster convolutions on tensor cores
     amp_dtype: torch.dtype | None  # autocast dtype, None for full fp32
@@ -51,7 +51,8 @@ def resolve(params: RuntimeParams) -> Runtime:
     return Runtime(
         device=device,
         compile=cuda if params.compile == "auto" else params.compile,
-        gpu_augment=cuda if params.gpu_augment == "auto" else params.gpu_augment and cuda,
+        # true also holds off a GPU: the same on-device path then runs on the CPU (tests use it).
+        gpu_augment=cuda if params.gpu_augment == "auto" else params.gpu_augment,
         workers=default_workers() if params.workers == "auto" else params.workers,
         channels_last=cuda,
         amp_dtype=torch.bfloat16 if cuda else None,

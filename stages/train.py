@@ -76,6 +76,7 @@ def main() -> None:
     warmup_steps = min(round(params.train.warmup_epochs * steps), epochs * steps // 2)
     forward = torch.compile(model) if runtime.compile else model
     step_recipe = StepRecipe(params.train.label_smoothing, recipe.mixup_alpha, params.train.grad_clip_norm)
+    saver = checkpoint.BackgroundSaver()  # resume points, written while the next epoch trains
     prepare = lambda images, labels: (normalize(images), labels.to(runtime.device, non_blocking=True))  # noqa: E731
     with Live(dir=f"plots/train/{name}", dvcyaml=False, save_dvc_exp=False, report=None) as live:
         for row in history:  # a resumed run re-logs the finished epochs: one complete curve
@@ -93,20 +94,22 @@ def main() -> None:
                 raise UserError(f"{name} diverged: {error}. Lower the learning rate (e.g. `dvc exp run "
                                 f"-S lr={params.lr / 2:g}`), lengthen train.warmup_epochs or set "
                                 "train.grad_clip_norm. No weights were written.") from None
-            logits = predict_logits(forward, heldout["images"], normalize, runtime,
+            # Eager, not `forward`: compiling the eval graph (and again for the last, smaller
+            # batch) would cost more than it saves on 10,000 images per epoch.
+            logits = predict_logits(model, heldout["images"], normalize, runtime,
                                     params.runtime.eval_batch_size)
             row["heldout_loss"], row["heldout_acc"] = loss_and_accuracy(logits, heldout["fine_labels"])
             history.append(row)
             _log(live, row)
-            checkpoint.save({"fingerprint": fingerprint,
-                             "epoch": epoch + 1, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "history": history}, ckpt_path)
+            saver.submit({"fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
+                          "optimizer": optimizer.state_dict(), "history": history}, ckpt_path)
             print(f"{name} epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.3f} acc "
                   f"{row['train_acc']:.1f}% | {heldout_split} loss {row['heldout_loss']:.3f} acc "
                   f"{row['heldout_acc']:.1f}% | {row['images_per_s']:.0f} img/s")
         live.summary["heldout_split"] = heldout_split + ("" if heldout_split == "val" else
                                                          " (monitoring only, nothing selected on it)")
 
+    saver.wait()  # the last resume point is complete before the model file makes it obsolete
     checkpoint.save({"architecture": name, "num_classes": 100, "width": params.model.width,
                      "state_dict": model.state_dict(), "params": training,
                      "prepared_data_hash": data_hash, "normalize": {"mean": mean.tolist(), "std": std.tolist()},

@@ -10,6 +10,7 @@ the ratios hold on a noisy machine:
   bare_step_img_s          model -> cross_entropy -> backward -> SGD step, nothing else
   epoch_img_s              a whole epoch through the stage's batches (workers or on-device)
   loader_img_s_per_worker  the worker-side pipeline alone in one process (albumentations, collate)
+  loader_autoaugment_...   the same with AutoAugment (ResNet-50's recipe; never on the GPU)
   eval_img_s               the evaluation path (predict_logits) on uint8 images
   bare_eval_img_s          a bare forward pass under no_grad on normalised tensors
   peak_rss_mb, peak_gpu_mb peak memory of this process (and the GPU)
@@ -18,14 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+# The epoch loop's progress bars would bury the figures; tqdm reads this when first imported.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -100,7 +105,9 @@ def main() -> None:
                                    epochs=1, first_step=0, total_steps=10 * count, warmup_steps=count,
                                    peak_lr=0.1, schedule="cosine", seed=0, desc="bench")
 
-    bare_model, bare_forward = new_model()
+    # The same model object for both loops (own optimizers): a second copy would sit elsewhere
+    # in memory, and on two CPU cores that alone moved the ratio by +-10% from run to run.
+    bare_model, bare_forward = model, forward
     bare_optimizer = torch.optim.SGD(bare_model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
                                      weight_decay=5e-4, fused=device.type == "cuda" or None)
     normalised = [(normalize(x), y) for x, y in resident]
@@ -125,9 +132,14 @@ def main() -> None:
                           "epoch_img_s": (project_epoch(batches, len(batches)), len(batches) * batch)},
                          args.repeats, sync)
 
-    in_process = LoaderBatches(train_images, train_labels, pipeline, batch, 0, workers=0, pin_memory=False)
-    figures |= best_rates({"loader_img_s_per_worker": (lambda: [b for b in in_process], len(in_process) * batch)},
-                          args.repeats, lambda: None)
+    # Per worker process: the default pipeline, and ResNet-50's with AutoAugment, which always
+    # runs in workers (runtime.workers of them must outpace the GPU).
+    autoaugment = pipelines.split_normalize(pipelines.build_train(AugmentParams(), MEAN, STD, autoaugment=True))[0]
+    loaders = {key: LoaderBatches(train_images, train_labels, p, batch, 0, workers=0, pin_memory=False)
+               for key, p in (("loader_img_s_per_worker", pipeline),
+                              ("loader_autoaugment_img_s_per_worker", autoaugment))}
+    figures |= best_rates({key: (lambda loader=loader: [b for b in loader], len(loader) * batch)
+                           for key, loader in loaders.items()}, args.repeats, lambda: None)
 
     eval_images = train_images[:args.steps * batch]
 
@@ -136,9 +148,10 @@ def main() -> None:
         bare_model.eval()
         for x, _ in normalised:
             with runtime.autocast():
-                bare_forward(x)
+                bare_model(x)
 
-    figures |= best_rates({"eval_img_s": (lambda: predict_logits(forward, eval_images, normalize, runtime, batch),
+    # Both eager: the stages evaluate without torch.compile (see stages/evaluate.py).
+    figures |= best_rates({"eval_img_s": (lambda: predict_logits(model, eval_images, normalize, runtime, batch),
                                           step_images),
                            "bare_eval_img_s": (bare_eval, step_images)}, args.repeats, sync)
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

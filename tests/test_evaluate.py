@@ -30,7 +30,7 @@ from src.train import checkpoint
 from src.data.normalize import Normalizer
 
 # runtime.device stays auto: on a GPU machine the stage runs the CUDA path (bf16, channels_last),
-# deterministically and without torch.compile, which would take minutes for three models.
+# deterministically and without torch.compile, whose compile time would dominate these tiny runs.
 TINY = {"data.train_limit": 300, "data.test_limit": 100, "data.val_size": 0,
         "augment.preview_images": 8, "runtime.eval_batch_size": 32, "runtime.workers": 0,
         "runtime.compile": False, "runtime.deterministic": True}
@@ -298,7 +298,7 @@ def test_summary_puts_the_headline_numbers_side_by_side(evaluated):
 def test_timings_are_kept_apart(evaluated):
     for name in MODELS:
         t = evaluated.json(f"metrics/timing/{name}.json")
-        assert t["batch_size"] == EVAL_BATCH and t["device"] == expected_device() and t["compile"] is False
+        assert t["batch_size"] == EVAL_BATCH and t["device"] == expected_device()
         assert t["throughput_img_s"] > 0 and t["latency_ms"] > 0
         assert not {"throughput_img_s", "latency_ms"} & set(evaluated.json(f"metrics/{name}.json"))
 

@@ -1,12 +1,17 @@
-"""The on-device crop/flip/cutout against albumentations, for the same random draws."""
+"""The GPU path on CPU: the on-device crop/flip/cutout against albumentations for the same
+random draws, and a whole training run with torch.compile and on-device augmentation."""
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import clone, train, weights
 from src.augment import pipelines
 from src.augment.gpu import CropFlipCutout, DeviceBatches
+from src.models.resnet import build_model
 from src.params import AugmentParams
 
 MEAN, STD = [0.507, 0.487, 0.441], [0.267, 0.256, 0.276]
@@ -77,3 +82,26 @@ def test_device_batches_repeat_per_epoch_and_cover_the_split():
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again)), "same epoch, same batches"
     batches.set_epoch(1)
     assert not torch.equal(next(iter(batches))[1], first[0][1]), "a new epoch reshuffles"
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_the_gpu_path_trains_on_cpu_with_compile_and_on_device_augmentation(prepared, tmp_path):
+    """What a GPU run does (torch.compile, batches from DeviceBatches), run on CPU tensors:
+    the plumbing around them (train/eval switches, resume state, the model file) holds."""
+    project = clone(prepared, tmp_path / "gpu-path")
+    project.set_params({"runtime.compile": True, "runtime.gpu_augment": True})
+    result = train(project, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "compile=True, gpu_augment=True" in result.stdout
+    assert "augmenting in DataLoader workers instead" not in result.stdout
+    state = weights(project)
+    assert state["params"]["runtime"] == {"device": "cpu", "compile": True, "gpu_augment": True,
+                                          "deterministic": False}
+    # The file holds the plain module's weights (no torch.compile `_orig_mod.` prefix), so
+    # evaluate and any user load them into an uncompiled model.
+    model = build_model("resnet18", width=state["width"])
+    model.load_state_dict(state["state_dict"])  # strict
+    history = state["history"]
+    assert len(history) == 3 and history[-1]["heldout_acc"] > 10, history
+    print(result.stdout)

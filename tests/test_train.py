@@ -9,6 +9,7 @@ import torch
 
 from conftest import clone, train, weights
 from src.models.resnet import ARCHITECTURES, build_model, count_parameters
+from src.train import checkpoint
 from src.train.optim import get_lr, param_groups
 
 # --------------------------------------------------------------------------- model and optimiser
@@ -33,6 +34,21 @@ def test_width_scales_every_stage(name):
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert isinstance(model.maxpool, torch.nn.Identity)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
+
+
+# Modules whose CUDA backward PyTorch refuses under use_deterministic_algorithms(True)
+# (its docs list them): with one in the model, `runtime.deterministic` could not train on a GPU.
+NO_DETERMINISTIC_CUDA_BACKWARD = (torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d,
+                                  torch.nn.AvgPool3d, torch.nn.ReflectionPad2d, torch.nn.Upsample)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_models_avoid_layers_without_a_deterministic_cuda_backward(name):
+    model = build_model(name, width=8)
+    assert not [m for m in model.modules() if isinstance(m, NO_DETERMINISTIC_CUDA_BACKWARD)]
+    features = torch.randn(4, 64 * ARCHITECTURES[name][0].expansion, 4, 4)
+    expected = torch.nn.AdaptiveAvgPool2d(1)(features)  # what torchvision's ResNet pools with
+    torch.testing.assert_close(model.avgpool(features), expected)
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
@@ -105,3 +121,18 @@ def test_divergence_stops_at_once_with_a_clear_message_and_no_weights(prepared, 
     assert re.search(r"resnet18 diverged: loss became (nan|inf|-inf) at epoch 1, step \d+, lr \S+e\+(29|30)\.", message)
     assert "Lower the learning rate" in message
     assert not (project.root / "models/resnet18.pt").exists()
+
+
+def test_background_checkpoints_snapshot_the_state_and_report_write_errors(tmp_path):
+    weight = torch.ones(3)
+    saver = checkpoint.BackgroundSaver()
+    saver.submit({"model": {"w": weight}, "history": [{"epoch": 1}]}, tmp_path / "a.pt")
+    weight.add_(1)  # training goes on changing the live tensors in place
+    saver.wait()
+    saved = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert torch.equal(saved["model"]["w"], torch.ones(3)) and saved["history"] == [{"epoch": 1}]
+    (tmp_path / "file").write_text("")
+    saver.submit({"w": weight}, tmp_path / "file" / "b.pt")  # its folder is a file: the write fails
+    with pytest.raises(OSError):
+        saver.wait()
+    saver.wait()  # the error is raised once

@@ -1,9 +1,10 @@
 """CIFAR ResNet-18/34/50 from torchvision's ResNet, BasicBlock and Bottleneck.
 
-The only change from torchvision's ImageNet model is the stem: a 3x3 stride-1
+The change from torchvision's ImageNet model is the stem: a 3x3 stride-1
 convolution and no max-pool, so 32x32 images keep their resolution into
 layer1 (He et al. 2016, section 4.2; kuangliu/pytorch-cifar). `width` scales
 every stage: channels are width, 2*width, 4*width, 8*width (x4 for Bottleneck).
+The global pool is a plain mean, for deterministic CUDA training (see GlobalAvgPool).
 With width 64 and 100 classes: 11,220,132 / 21,328,292 / 23,705,252 parameters.
 """
 from __future__ import annotations
@@ -16,6 +17,15 @@ ARCHITECTURES = {  # name: (block, blocks per stage)
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
+
+
+class GlobalAvgPool(nn.Module):
+    """(N, C, H, W) -> (N, C, 1, 1) mean: what AdaptiveAvgPool2d(1) computes, but its CUDA
+    backward is deterministic, so `runtime.deterministic` can train (PyTorch raises for
+    AdaptiveAvgPool2d's backward on CUDA under use_deterministic_algorithms)."""
+
+    def forward(self, x):
+        return x.mean((2, 3), keepdim=True)
 
 
 class CifarResNet(ResNet):
@@ -32,7 +42,7 @@ class CifarResNet(ResNet):
         self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
         self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
         self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.avgpool = GlobalAvgPool()
         self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
         for module in self.modules():  # torchvision's initialisation
             if isinstance(module, nn.Conv2d):

@@ -11,6 +11,7 @@ import hashlib
 import json
 import platform
 import sys
+import threading
 from pathlib import Path
 
 import albumentations
@@ -56,6 +57,52 @@ def versions() -> dict[str, str]:
 def save(state: dict, path: str | Path) -> None:
     with staged_file(path) as tmp:
         torch.save(state, tmp)
+
+
+class BackgroundSaver:
+    """Writes resume checkpoints in a thread, so training does not wait for the disk
+    (about 0.1 s an epoch for ResNet-18, 0.2 s for ResNet-50: several % of a GPU epoch).
+
+    submit() copies the state to host memory first (training changes the live tensors in
+    place), then returns. One write at a time; an error of a write is raised by the next
+    submit() or by wait().
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, state: dict, path: str | Path) -> None:
+        self.wait()
+        snapshot = _to_host(state)
+        self._thread = threading.Thread(target=self._write, args=(snapshot, path), name="checkpoint")
+        self._thread.start()
+
+    def _write(self, state: dict, path: str | Path) -> None:
+        try:
+            save(state, path)
+        except BaseException as error:  # handed to the training thread by wait()
+            self._error = error
+
+    def wait(self) -> None:
+        """Block until the last submitted checkpoint is on disk; re-raise its error if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _to_host(value):
+    """A copy of nested dicts/lists of tensors with every tensor on the CPU, sharing nothing."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _to_host(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_host(item) for item in value)
+    return value
 
 
 def load_checkpoint(path: str | Path, expected_fingerprint: str) -> tuple[dict | None, str]:
