@@ -13,6 +13,8 @@ the ratios hold on a noisy machine:
   loader_autoaugment_...   the same with AutoAugment (ResNet-50's recipe; never on the GPU)
   eval_img_s               the evaluation path (predict_logits) on uint8 images
   bare_eval_img_s          a bare forward pass under no_grad on normalised tensors
+  checkpoint_save_ms       a synchronous save of the resume checkpoint (model + optimizer)
+  checkpoint_blocks_ms     what the stage's background saver makes the epoch wait instead
   peak_rss_mb, peak_gpu_mb peak memory of this process (and the GPU)
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from src.params import AugmentParams, RuntimeParams, TrainParams  # noqa: E402
 from src.predict import predict_logits  # noqa: E402
 from src.runtime import resolve  # noqa: E402
 from src.data.normalize import Normalizer  # noqa: E402
+from src.train import checkpoint  # noqa: E402
 from src.train.data import LoaderBatches, make_batches  # noqa: E402
 from src.train.loop import StepRecipe, train_epoch  # noqa: E402
 from src.train.optim import build_optimizer  # noqa: E402
@@ -62,6 +66,23 @@ def best_rates(runs: dict, repeats: int, sync) -> dict[str, float]:
             if round_ > 0:  # round 0 warms up (allocator, cuDNN autotuning, compilation)
                 best[name] = min(best[name], time.perf_counter() - start)
     return {name: runs[name][1] / seconds for name, seconds in best.items()}
+
+
+def checkpoint_ms(model, optimizer, repeats: int) -> dict[str, float]:
+    """How long an epoch waits for its resume checkpoint: a synchronous save against the
+    train stage's background saver (which only copies the state to host memory)."""
+    state = lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict()}  # noqa: E731
+    saver, sync_s, blocked_s = checkpoint.BackgroundSaver(), [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            checkpoint.save(state(), f"{folder}/sync.pt")
+            sync_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            saver.submit(state(), f"{folder}/background.pt")
+            blocked_s.append(time.perf_counter() - start)
+            saver.wait()  # an epoch is far longer than a write
+    return {"checkpoint_save_ms": 1000 * min(sync_s[1:]), "checkpoint_blocks_ms": 1000 * min(blocked_s[1:])}
 
 
 def main() -> None:
@@ -154,6 +175,7 @@ def main() -> None:
     figures |= best_rates({"eval_img_s": (lambda: predict_logits(model, eval_images, normalize, runtime, batch),
                                           step_images),
                            "bare_eval_img_s": (bare_eval, step_images)}, args.repeats, sync)
+    figures |= checkpoint_ms(model, optimizer, args.repeats)
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         figures["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -169,7 +191,7 @@ def main() -> None:
         print(json.dumps(figures))
     else:
         for key, value in figures.items():
-            print(f"{key:>26}: {value}")
+            print(f"{key:>36}: {value}")
 
 
 if __name__ == "__main__":
