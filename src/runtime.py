@@ -48,9 +48,17 @@ def resolve(params: RuntimeParams) -> Runtime:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    compile_ = cuda if params.compile == "auto" else params.compile
+    if compile_ and device.type == "cpu":
+        # Inductor lays CPU convolutions out channels_last, and torch 2.14.1's oneDNN hangs or
+        # corrupts memory in the channels_last weight gradient of a 1x1 stride-2 convolution
+        # (every downsample) on AVX2-only CPUs (jit_avx2_1x1_convolution_bwd_weights; seen on
+        # an AMD EPYC). Keep them NCHW, as eager CPU training does.
+        import torch._inductor.config
+        torch._inductor.config.layout_optimization = False
     return Runtime(
         device=device,
-        compile=cuda if params.compile == "auto" else params.compile,
+        compile=compile_,
         # true also holds off a GPU: the same on-device path then runs on the CPU (tests use it).
         gpu_augment=cuda if params.gpu_augment == "auto" else params.gpu_augment,
         workers=default_workers() if params.workers == "auto" else params.workers,
