@@ -2,9 +2,10 @@
 
 The augment stage is the only place they are built; it saves them as JSON so
 training loads exactly that pipeline and DVC hashes it. Every pipeline ends with
-Normalize. The uint8 part before it runs per image on the CPU (or on the GPU,
-see src/augment/gpu.py); the final Normalize is applied to whole batches on the
-training device, where it is cheap, so workers ship uint8 (4x less data).
+Normalize. The uint8 part before it runs in loader workers or on the GPU: the
+standard crop/flip/cutout as one op on whole batches (src/augment/batch_ops.py),
+anything else image by image here. The final Normalize is applied to whole batches
+on the training device, where it is cheap, so workers ship uint8 (4x less data).
 """
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """Training batches: whole-batch fetching through the saved albumentations pipeline.
 
 Each DataLoader item is one batch: the sampler hands a worker (batch_seed, indices),
-the worker augments those images as uint8 and returns one tensor. Seeding the
-pipeline per batch from (seed, epoch, batch) makes the images independent of the
+the worker augments those images as uint8 and returns one tensor. The standard
+crop/flip/cutout runs as one batch op (src/augment/batch_ops.py, the same as on the
+GPU); other pipelines (AutoAugment) run through albumentations image by image.
+Seeding per batch from (seed, epoch, batch) makes the images independent of the
 number of workers and exactly repeatable after a resume. Normalisation (and, with
 runtime.gpu_augment, the whole crop/flip/cutout) happens on the training device.
 """
@@ -13,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.augment import pipelines
-from src.augment.gpu import CropFlipCutout, DeviceBatches
+from src.augment.batch_ops import CropFlipCutout, DeviceBatches
 from src.runtime import Runtime
 
 
@@ -42,6 +44,7 @@ class AugmentedBatches(Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, pipeline=None):
         self.images, self.labels, self.pipeline = images, labels, pipeline
+        self.batch_op = None if pipeline is None else CropFlipCutout.from_pipeline(pipeline)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -49,15 +52,18 @@ class AugmentedBatches(Dataset):
     def __getitem__(self, item):
         batch_seed, indices = item
         indices = np.sort(indices)  # sorted reads are faster; the batch order does not matter
-        images = self.images[indices]
-        if self.pipeline is not None:
+        images = torch.from_numpy(self.images[indices])
+        if self.batch_op is not None:
+            draws = self.batch_op.draw(len(images), torch.Generator().manual_seed(batch_seed), images.device)
+            images = self.batch_op.apply(images, draws)
+        elif self.pipeline is not None:
             self.pipeline.set_random_seed(batch_seed)
-            images = pipelines.augment_batch(self.pipeline, images)
-        return torch.from_numpy(images), torch.from_numpy(self.labels[indices])
+            images = torch.from_numpy(pipelines.augment_batch(self.pipeline, images.numpy()))
+        return images, torch.from_numpy(self.labels[indices])
 
 
 class LoaderBatches:
-    """Batches from DataLoader workers running the albumentations pipeline."""
+    """Batches augmented in DataLoader workers (the batch op, or albumentations image by image)."""
 
     def __init__(self, images, labels, pipeline, batch_size: int, seed: int, workers: int,
                  pin_memory: bool):

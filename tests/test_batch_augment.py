@@ -1,18 +1,22 @@
-"""The GPU path on CPU: the on-device crop/flip/cutout against albumentations for the same
-random draws, and a whole training run with torch.compile and on-device augmentation."""
+"""The batch crop/flip/cutout (in loader workers, and on the GPU) against albumentations for the
+same random draws; the loader's batches; and the GPU path run on CPU: a whole training run with
+torch.compile and on-device augmentation."""
 from __future__ import annotations
 
 import shutil
 
+import albumentations as A
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from conftest import clone, train, weights
 from src.augment import pipelines
-from src.augment.gpu import CropFlipCutout, DeviceBatches
+from src.augment.batch_ops import CropFlipCutout, DeviceBatches
 from src.models.resnet import build_model
 from src.params import AugmentParams
+from src.train.data import LoaderBatches
 
 MEAN, STD = [0.507, 0.487, 0.441], [0.267, 0.256, 0.276]
 
@@ -63,11 +67,36 @@ def test_draws_follow_the_params():
     assert abs(draws.flip.float().mean() - 0.5) < 0.02 and abs(draws.cutout.float().mean() - 0.5) < 0.02
 
 
-def test_pipelines_beyond_crop_flip_cutout_stay_on_the_cpu_path():
-    autoaugment = pipelines.split_normalize(
-        pipelines.build_train(AugmentParams(), MEAN, STD, autoaugment=True))[0]
-    assert CropFlipCutout.from_pipeline(autoaugment) is None
+def autoaugment_part():
+    return pipelines.split_normalize(pipelines.build_train(AugmentParams(), MEAN, STD, autoaugment=True))[0]
+
+
+def test_pipelines_beyond_crop_flip_cutout_go_through_albumentations():
+    assert CropFlipCutout.from_pipeline(autoaugment_part()) is None
     assert CropFlipCutout.from_pipeline(uint8_part(crop="resized")) is None
+    pad, crop, flip, cutout = uint8_part().transforms
+    # The same steps in another order, or a pad without its crop, are not the batch op's image.
+    assert CropFlipCutout.from_pipeline(A.Compose([flip, pad, crop, cutout])) is None
+    assert CropFlipCutout.from_pipeline(A.Compose([cutout, pad, crop])) is None
+    assert CropFlipCutout.from_pipeline(A.Compose([pad, flip])) is None
+    assert CropFlipCutout.from_pipeline(A.Compose([A.Pad(4, border_mode=cv2.BORDER_REFLECT_101), crop])) is None
+    assert CropFlipCutout.from_pipeline(A.Compose([crop, flip])) == CropFlipCutout(0, 0.5, 0, 0.0, (0, 0, 0))
+
+
+@pytest.mark.parametrize("pipeline, batch_op", [(uint8_part, True), (autoaugment_part, False)])
+def test_loader_batches_use_the_batch_op_and_do_not_depend_on_the_worker_count(pipeline, batch_op):
+    images = np.random.default_rng(0).integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(96)
+    epochs = {}
+    for workers in (0, 2):
+        loader = LoaderBatches(images, labels, pipeline(), 32, 3, workers=workers, pin_memory=False)
+        assert (loader.loader.dataset.batch_op is not None) == batch_op
+        epochs[workers] = [(x.clone(), y.clone()) for x, y in loader]
+    assert len(epochs[0]) == len(epochs[2]) == 3
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(epochs[0], epochs[2]))
+    for x, y in epochs[0]:
+        assert x.dtype == torch.uint8 and x.shape == (32, 32, 32, 3)
+        assert not torch.equal(x, torch.from_numpy(images[y.numpy()])), "the batch was augmented"
 
 
 def test_device_batches_repeat_per_epoch_and_cover_the_split():
@@ -88,11 +117,15 @@ def test_device_batches_repeat_per_epoch_and_cover_the_split():
                     reason="torch.compile on CPU needs a C++ compiler")
 def test_the_gpu_path_trains_on_cpu_with_compile_and_on_device_augmentation(prepared, tmp_path):
     """What a GPU run does (torch.compile, batches from DeviceBatches), run on CPU tensors:
-    the plumbing around them (train/eval switches, resume state, the model file) holds."""
+    the plumbing around them (train/eval switches, resume state, the model file) holds, and
+    the model compiles once: no graph break, no recompilation between epochs and evaluations."""
     project = clone(prepared, tmp_path / "gpu-path")
     project.set_params({"runtime.compile": True, "runtime.gpu_augment": True})
+    project.env["TORCH_LOGS"] = "recompiles,graph_breaks"  # dynamo logs each one to stderr
     result = train(project, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Recompiling function" not in result.stderr, result.stderr[-3000:]
+    assert "Graph break" not in result.stderr, result.stderr[-3000:]
     assert "compile=True, gpu_augment=True" in result.stdout
     assert "augmenting in DataLoader workers instead" not in result.stdout
     state = weights(project)

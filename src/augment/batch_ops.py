@@ -1,22 +1,29 @@
-"""The standard crop/flip/cutout on whole batches on the training device.
+"""The standard crop/flip/cutout on whole batches, on any device.
 
-On a GPU, per-image albumentations in loader workers cannot feed 25,000+ img/s,
-so with runtime.gpu_augment the training set lives on the GPU (150 MB as uint8)
-and these tensor ops replace the pipeline's uint8 part. They are read from the
-saved pipeline (so the augment stage's JSON stays the single definition), and
-match albumentations' transforms for the same draws (tests/test_gpu_augment.py):
+Per-image albumentations costs 40 to 240 us an image (two CPUs measured), too slow
+to feed a GPU at 25,000+ img/s and, on a slow CPU, under 5,000 img/s per worker.
+These tensor ops replace the pipeline's uint8 part for a whole batch: on the GPU
+(runtime.gpu_augment: the training set lives there, 150 MB as uint8) and in
+DataLoader workers otherwise. They are read from the saved pipeline, so the
+augment stage's JSON stays the single definition, and they give albumentations'
+exact image for the same random draws (tests/test_batch_augment.py):
   Pad(p) + RandomCrop(32): top-left corner uniform in [0, 2p]^2 of the padded image
   HorizontalFlip(p)
   CoarseDropout, one hole of side s: top-left uniform in [0, 32 - s]^2, filled with `fill`
-A pipeline with anything else (AutoAugment, RandomResizedCrop) stays on the CPU path.
+A pipeline with anything else (AutoAugment, RandomResizedCrop) runs through
+albumentations, image by image, in the workers.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
+
+# The steps the op covers, in the order the augment stage builds them.
+ORDER = (A.Pad, A.RandomCrop, A.HorizontalFlip, A.CoarseDropout)
 
 
 @dataclass(frozen=True)
@@ -40,22 +47,34 @@ class CropFlipCutout:
 
     @classmethod
     def from_pipeline(cls, pipeline: A.Compose) -> "CropFlipCutout | None":
-        """The equivalent batch op for a pipeline's uint8 part, or None if it has other steps."""
+        """The equivalent batch op for a pipeline's uint8 part, or None if it has other steps
+        (or these in another order, where the same draws would give another image)."""
         settings = {"padding": 0, "hflip_p": 0.0, "hole": 0, "cutout_p": 0.0, "fill": (0, 0, 0)}
+        done, cropped = -1, False
         for t in pipeline.transforms:
-            if isinstance(t, A.Pad) and t.fill == 0 and isinstance(t.padding, int):
+            step = next((i for i, kind in enumerate(ORDER) if type(t) is kind), None)
+            if step is None or step <= done:
+                return None
+            done = step
+            if isinstance(t, A.Pad):
+                if not (t.fill == 0 and t.border_mode == cv2.BORDER_CONSTANT and isinstance(t.padding, int)):
+                    return None
                 settings["padding"] = t.padding
-            elif isinstance(t, A.RandomCrop) and (t.height, t.width) == (32, 32):
-                pass
+            elif isinstance(t, A.RandomCrop):
+                if (t.height, t.width) != (32, 32):
+                    return None
+                cropped = True
             elif isinstance(t, A.HorizontalFlip):
                 settings["hflip_p"] = t.p
-            elif (isinstance(t, A.CoarseDropout) and tuple(t.num_holes_range) == (1, 1)
-                  and t.hole_height_range[0] == t.hole_height_range[1] == t.hole_width_range[0]
-                  == t.hole_width_range[1] and t.hole_height_range[0] >= 1):
+            else:  # CoarseDropout: one square hole of a fixed side
+                if not (tuple(t.num_holes_range) == (1, 1) and t.hole_height_range[0] >= 1
+                        and t.hole_height_range[0] == t.hole_height_range[1] == t.hole_width_range[0]
+                        == t.hole_width_range[1]):
+                    return None
                 settings.update(hole=int(t.hole_height_range[0]), cutout_p=t.p,
                                 fill=tuple(int(v) for v in np.broadcast_to(t.fill, 3)))
-            else:
-                return None
+        if settings["padding"] and not cropped:  # a padded 40x40 image: not what the op returns
+            return None
         return cls(**settings)
 
     def draw(self, n: int, generator: torch.Generator, device: torch.device) -> Draws:
