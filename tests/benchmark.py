@@ -2,15 +2,18 @@
 
     python tests/benchmark.py --device cpu --model resnet18 --width 16 --batch-size 128 --json
 
-Not collected by pytest. Every figure is best-of-`--repeats` after a warm-up, and the
-project's paths are timed beside a minimal PyTorch loop on the same model config, so
-the ratios hold on a noisy machine:
+Not collected by pytest. Every speed is the best of `--repeats` timed calls after a warm-up,
+and the project's paths take turns with a minimal PyTorch loop on the same model config;
+each ratio is the median over rounds of the ratio within a round, so it holds on a noisy
+machine:
   train_step_img_s         the stage's epoch loop (lr schedule, loss policy, checks) on batches
                            already in memory on the device
   bare_step_img_s          model -> cross_entropy -> backward -> SGD step, nothing else
   epoch_img_s              a whole epoch through the stage's batches (workers or on-device)
-  loader_img_s_per_worker  the worker-side pipeline alone in one process (albumentations, collate)
-  loader_autoaugment_...   the same with AutoAugment (ResNet-50's recipe; never on the GPU)
+  loader_img_s_per_worker  the worker-side pipeline alone in one process (the default crop/flip/
+                           cutout as one batch op, collate included)
+  loader_albumentations_.. the same pipeline through albumentations image by image, for comparison
+  loader_autoaugment_...   with AutoAugment (ResNet-50's recipe): albumentations image by image
   eval_img_s               the evaluation path (predict_logits) on uint8 images
   bare_eval_img_s          a bare forward pass under no_grad on normalised tensors
   checkpoint_save_ms       a synchronous save of the resume checkpoint (model + optimizer)
@@ -23,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -51,21 +55,28 @@ from src.train.optim import build_optimizer  # noqa: E402
 MEAN, STD = [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]  # CIFAR-100 train split
 
 
-def best_rates(runs: dict, repeats: int, sync) -> dict[str, float]:
-    """{name: (call, images per call)} -> images per second of the fastest of `repeats` calls
-    of each, after a warm-up call.
+def timed_rounds(runs: dict, repeats: int, sync) -> dict[str, list[float]]:
+    """{name: (call, images per call)} -> {name: images per second of each of `repeats` timed
+    calls}, after a warm-up call of each.
 
-    The runs take turns (A, B, A, B, ...), so a slow spell of a shared machine hits both.
+    The runs take turns (A, B, A, B, ...), so a slow spell of a shared machine hits both, and
+    round i of A can be compared with round i of B (see paired_ratio).
     """
-    best = dict.fromkeys(runs, float("inf"))
+    rates = {name: [] for name in runs}
     for round_ in range(repeats + 1):
-        for name, (run, _) in runs.items():
+        for name, (run, images) in runs.items():
             start = time.perf_counter()
             run()
             sync()
             if round_ > 0:  # round 0 warms up (allocator, cuDNN autotuning, compilation)
-                best[name] = min(best[name], time.perf_counter() - start)
-    return {name: runs[name][1] / seconds for name, seconds in best.items()}
+                rates[name].append(images / (time.perf_counter() - start))
+    return rates
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Speed of A over speed of B: the median over rounds of the ratio within a round, which a
+    noisy machine moves less than the ratio of two best-of figures."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def checkpoint_ms(model, optimizer, repeats: int) -> dict[str, float]:
@@ -148,19 +159,22 @@ def main() -> None:
     train_labels = rng.integers(0, 100, epoch_images)
     batches = make_batches(train_images, train_labels, pipeline, batch, 0, runtime)
     step_images = args.steps * batch
-    figures = best_rates({"train_step_img_s": (project_epoch(resident, args.steps), step_images),
-                          "bare_step_img_s": (bare_steps, step_images),
-                          "epoch_img_s": (project_epoch(batches, len(batches)), len(batches) * batch)},
-                         args.repeats, sync)
+    rounds = timed_rounds({"train_step_img_s": (project_epoch(resident, args.steps), step_images),
+                           "bare_step_img_s": (bare_steps, step_images),
+                           "epoch_img_s": (project_epoch(batches, len(batches)), len(batches) * batch)},
+                          args.repeats, sync)
 
-    # Per worker process: the default pipeline, and ResNet-50's with AutoAugment, which always
-    # runs in workers (runtime.workers of them must outpace the GPU).
+    # Per worker process: the default pipeline (the batch op), the same through albumentations
+    # image by image, and ResNet-50's with AutoAugment, which always runs in workers
+    # (runtime.workers of them must outpace the GPU).
     autoaugment = pipelines.split_normalize(pipelines.build_train(AugmentParams(), MEAN, STD, autoaugment=True))[0]
     loaders = {key: LoaderBatches(train_images, train_labels, p, batch, 0, workers=0, pin_memory=False)
                for key, p in (("loader_img_s_per_worker", pipeline),
+                              ("loader_albumentations_img_s_per_worker", pipeline),
                               ("loader_autoaugment_img_s_per_worker", autoaugment))}
-    figures |= best_rates({key: (lambda loader=loader: [b for b in loader], len(loader) * batch)
-                           for key, loader in loaders.items()}, args.repeats, lambda: None)
+    loaders["loader_albumentations_img_s_per_worker"].loader.dataset.batch_op = None
+    rounds |= timed_rounds({key: (lambda loader=loader: [b for b in loader], len(loader) * batch)
+                            for key, loader in loaders.items()}, args.repeats, lambda: None)
 
     eval_images = train_images[:args.steps * batch]
 
@@ -172,18 +186,21 @@ def main() -> None:
                 bare_model(x)
 
     # Both eager: the stages evaluate without torch.compile (see stages/evaluate.py).
-    figures |= best_rates({"eval_img_s": (lambda: predict_logits(model, eval_images, normalize, runtime, batch),
-                                          step_images),
-                           "bare_eval_img_s": (bare_eval, step_images)}, args.repeats, sync)
+    rounds |= timed_rounds({"eval_img_s": (lambda: predict_logits(model, eval_images, normalize, runtime, batch),
+                                           step_images),
+                            "bare_eval_img_s": (bare_eval, step_images)}, args.repeats, sync)
+    figures = {name: max(rates) for name, rates in rounds.items()}
     figures |= checkpoint_ms(model, optimizer, args.repeats)
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         figures["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     figures = {k: round(v, 1) for k, v in figures.items()}
+    ratio = lambda a, b: round(paired_ratio(rounds[a], rounds[b]), 3)  # noqa: E731
     figures["ratios"] = {
-        "train_step/bare_step": round(figures["train_step_img_s"] / figures["bare_step_img_s"], 3),
-        "epoch/train_step": round(figures["epoch_img_s"] / figures["train_step_img_s"], 3),
-        "eval/bare_eval": round(figures["eval_img_s"] / figures["bare_eval_img_s"], 3),
+        "train_step/bare_step": ratio("train_step_img_s", "bare_step_img_s"),
+        "epoch/train_step": ratio("epoch_img_s", "train_step_img_s"),
+        "eval/bare_eval": ratio("eval_img_s", "bare_eval_img_s"),
+        "loader/albumentations": ratio("loader_img_s_per_worker", "loader_albumentations_img_s_per_worker"),
     }
     figures["config"] = {"device": runtime.describe(), "model": args.model, "width": args.width,
                          "batch_size": batch, "torch": str(torch.__version__)}
@@ -191,7 +208,7 @@ def main() -> None:
         print(json.dumps(figures))
     else:
         for key, value in figures.items():
-            print(f"{key:>36}: {value}")
+            print(f"{key:>40}: {value}")
 
 
 if __name__ == "__main__":
