@@ -322,6 +322,9 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return result
 
 
+TRAIN_STAGES = {"train-resnet18", "train-resnet34", "train-resnet50"}
+
+
 def ran_stages(output: str) -> set[str]:
     """The stages a `dvc repro` / `dvc exp run` output says it ran."""
     return set(re.findall(r"Running stage '([\w-]+)'", output))

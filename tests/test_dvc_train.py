@@ -5,9 +5,8 @@ import json
 
 import pytest
 
-from conftest import ran_stages, tiny_repo
+from conftest import TRAIN_STAGES, ran_stages, tiny_repo
 
-TRAIN_STAGES = {"train-resnet18", "train-resnet34", "train-resnet50"}
 UPSTREAM = ["download", "augment", *sorted(TRAIN_STAGES)]
 
 

@@ -7,11 +7,10 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, ok, ran_stages, tiny_repo
+from conftest import ROOT, TRAIN_STAGES, ok, ran_stages, tiny_repo
 
-ALL_STAGES = {"download", "augment", "train-resnet18", "train-resnet34", "train-resnet50",
-              "evaluate", "report"}
-AFTER_TRAIN = {"train-resnet18", "train-resnet34", "train-resnet50", "evaluate", "report"}
+AFTER_TRAIN = TRAIN_STAGES | {"evaluate", "report"}
+ALL_STAGES = {"download", "augment"} | AFTER_TRAIN
 timings: dict[str, float] = {}
 baseline: dict[str, bytes] = {}  # accuracy metrics of the first repro, byte for byte
 

@@ -7,11 +7,10 @@ import time
 
 import pytest
 
-from conftest import ok, ran_stages, tiny_repo
+from conftest import TRAIN_STAGES, ok, ran_stages, tiny_repo
 
 LRS = ("0.05", "0.2")  # two experiments, run at the same time by two queue workers
 ACCURACY_FILES = ("resnet18.json", "resnet34.json", "resnet50.json", "summary.json")
-TRAIN_STAGES = {"train-resnet18", "train-resnet34", "train-resnet50"}
 
 
 def applied_metrics(repo, name: str) -> dict[str, bytes]:
