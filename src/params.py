@@ -95,11 +95,15 @@ class ModelRecipe(Section):
     epochs_scale: float = Field(default=1.0, gt=0)
     lr_scale: float = Field(default=1.0, gt=0)
     mixup_alpha: float = Field(default=0.0, ge=0)
+    cutmix_alpha: float = Field(default=0.0, ge=0)
+    cutmix_prob: float = Field(default=0.5, ge=0, le=1)
     autoaugment: bool = False
 
 
 class ModelParams(Section):
     width: int = Field(default=64, ge=1, le=512)
+    zero_init_residual: bool = False
+    dropout: float = Field(default=0.0, ge=0, lt=1)
     resnet18: ModelRecipe = ModelRecipe()
     resnet34: ModelRecipe = ModelRecipe()
     resnet50: ModelRecipe = ModelRecipe(epochs_scale=2.0, mixup_alpha=0.2, autoaugment=True)
@@ -114,6 +118,12 @@ class TrainParams(Section):
     warmup_epochs: float = Field(default=5, ge=0)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     grad_clip_norm: Optional[float] = Field(default=None, gt=0)
+    ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)
+    ema_warmup: bool = True
+
+
+class EvaluateParams(Section):
+    hflip_tta: bool = False
 
 
 AutoFlag = Union[Literal["auto"], bool]
@@ -125,6 +135,8 @@ class RuntimeParams(Section):
     gpu_augment: AutoFlag = "auto"
     workers: Union[Literal["auto"], int] = "auto"
     deterministic: bool = False
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: AutoFlag = "auto"
     eval_batch_size: int = Field(default=1024, ge=1)
 
     @field_validator("workers")
@@ -144,6 +156,7 @@ class Params(Section):
     augment: AugmentParams = AugmentParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
     runtime: RuntimeParams = RuntimeParams()
 
     def recipe(self, model_name: str) -> ModelRecipe:

@@ -1,6 +1,8 @@
 """Batched inference: logits for a split of uint8 images, the one way every stage runs a model."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -12,17 +14,27 @@ from src.data.normalize import Normalizer
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray, normalize: Normalizer, runtime: Runtime,
-                   batch_size: int) -> torch.Tensor:
-    """float32 logits (N, classes) on the CPU; the model is put in eval mode and left there."""
+                   batch_size: int, hflip_tta: bool = False) -> torch.Tensor:
+    """float32 logits (N, classes) on the CPU; the model is put in eval mode and left there.
+
+    hflip_tta: test-time augmentation with the mirror image. The softmax of each image and
+    of its mirror are averaged; what comes back is the log of that average, whose softmax
+    (and so every metric computed from logits) is the averaged probability.
+    """
     model.eval()
     source = torch.from_numpy(images)
     if runtime.device.type == "cuda":
         source = source.pin_memory()
     outputs = []
     for start in range(0, len(source), batch_size):
+        x = normalize(source[start:start + batch_size])
         with runtime.autocast():
-            logits = model(normalize(source[start:start + batch_size]))
-        outputs.append(logits.float())
+            logits = model(x).float()
+            if hflip_tta:
+                # log((p + p_mirror) / 2) in log space: no underflow to log(0).
+                mirrored = model(x.flip(3)).float()
+                logits = torch.logaddexp(logits.log_softmax(1), mirrored.log_softmax(1)) - math.log(2)
+        outputs.append(logits)
     return torch.cat(outputs).cpu()
 
 

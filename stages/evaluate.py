@@ -2,14 +2,17 @@
 
     python -m stages.evaluate            (run by `dvc repro evaluate`)
 
-In:  models/<name>.pt, data/prepared/ (test.npz, classes.json, stats.json), params runtime
-Out: metrics/<name>.json             top1/top5, loss, ECE, macro P/R/F1, per-superclass accuracy,
-                                     parameters, provenance; rounded, so identical runs give identical bytes
-     metrics/summary.json            top1/top5/loss/ece/parameters of the three side by side
+In:  models/<name>.pt, data/prepared/ (test.npz, classes.json, stats.json), params evaluate, runtime
+Out: metrics/<name>.json             top1/top5 with 95% bootstrap intervals, loss, ECE, macro P/R/F1,
+                                     per-superclass accuracy, parameters, provenance; rounded, so
+                                     identical runs give identical bytes
+     metrics/summary.json            the headline numbers of the three side by side, and `comparisons`:
+                                     each pair's top-1 difference, its interval, McNemar p (+ Holm)
      metrics/timing/<name>.json      throughput and latency on this device (apart: they vary per run)
      plots/confusion/<name>.csv      actual,predicted class name of every test image (DVC confusion)
      plots/reliability/<name>.csv    per confidence bin: confidence, accuracy, count
      plots/per_class/<name>.csv      accuracy of each class, grouped by superclass
+     plots/predictions/<name>.csv    index,label,prediction,confidence,top5 of every test image
 Refuses, writing nothing, a model trained on other prepared data than data/prepared holds now.
 """
 import json
@@ -48,9 +51,12 @@ def main() -> None:
         model, normalize = build_trained(state, runtime)
         # Eager even with runtime.compile: compiling for one pass over 10,000 images (and for
         # each new batch shape) costs more than it saves.
-        logits = predict_logits(model, test["images"], normalize, runtime, batch_size)
+        logits = predict_logits(model, test["images"], normalize, runtime, batch_size,
+                                hflip_tta=params.evaluate.hflip_tta)
         outputs[name] = results.model_results(logits, test, classes)
-        outputs[name]["metrics"].update(parameters=count_parameters(model),
+        outputs[name]["metrics"].update(hflip_tta=params.evaluate.hflip_tta,
+                                        ema=bool(state.get("ema", False)),
+                                        parameters=count_parameters(model),
                                         provenance=_provenance(state, runtime, archive_md5, prepared_hash))
         timings[name] = timing.measure(model, test["images"], normalize, runtime, batch_size)
         timings[name].update(device=_device(runtime), torch=str(torch.__version__))
@@ -66,12 +72,13 @@ def main() -> None:
         for name, output in outputs.items():
             files.write_json(metrics_dir / f"{name}.json", output["metrics"])
             files.write_json(metrics_dir / "timing" / f"{name}.json", timings[name])
-            for table in ("confusion", "reliability", "per_class"):
+            for table in ("confusion", "reliability", "per_class", "predictions"):
                 files.write_csv(plot_files.enter_context(staged_file(f"plots/{table}/{name}.csv")),
                                 output[table])
         files.write_json(metrics_dir / "summary.json",
-                         results.summary({name: o["metrics"] for name, o in outputs.items()}))
-    print("wrote metrics/, plots/confusion/, plots/reliability/, plots/per_class/")
+                         results.summary({name: o["metrics"] for name, o in outputs.items()},
+                                         {name: o["correct"] for name, o in outputs.items()}))
+    print("wrote metrics/, plots/confusion/, plots/reliability/, plots/per_class/, plots/predictions/")
 
 
 def _device(runtime: Runtime) -> str:

@@ -2,10 +2,12 @@
 
     python -m stages.report              (run by `dvc repro report`)
 
-In:  metrics/<name>.json, metrics/timing/<name>.json, plots/confusion/<name>.csv,
-     plots/reliability/<name>.csv, plots/train/<name>/ (DVCLive), data/prepared/classes.json,
-     params seed, lr, epochs, batch_size, data, augment, model, train, runtime (printed in the report)
-Out: plots/report.md      side-by-side results with the reference numbers, pairs most confused,
+In:  metrics/<name>.json, metrics/summary.json (comparisons), metrics/timing/<name>.json,
+     plots/{confusion,reliability,predictions}/<name>.csv, plots/train/<name>/ (DVCLive),
+     data/prepared/classes.json,
+     params seed, lr, epochs, batch_size, data, augment, model, train, evaluate, runtime (printed)
+Out: plots/report.md      side-by-side results with intervals and the reference numbers, which
+                          differences are real, per-class P/R/F1, pairs most confused,
                           params and data hash the numbers came from
      plots/report/*.png   training curves, confusion heatmaps, per-superclass accuracy, reliability
 """
@@ -15,12 +17,14 @@ import yaml
 
 from src.cli import UserError, run, staged_dir, staged_file
 from src.params import MODELS, load_params
-from src.report import figures, inputs, markdown
+from src.report import figures, inputs, markdown, per_class
 
 REPORT = "plots/report.md"
 FIGURES = "plots/report"
 PREVIEW = "plots/augment_preview.png"  # made by the augment stage: linked, not copied
-PRINTED_PARAMS = ("seed", "lr", "epochs", "batch_size", "data", "augment", "model", "train", "runtime")
+BEST_WORST = 10  # classes listed at each end of the per-class table
+PRINTED_PARAMS = ("seed", "lr", "epochs", "batch_size", "data", "augment", "model", "train", "evaluate",
+                  "runtime")
 
 
 def main() -> None:
@@ -32,6 +36,9 @@ def main() -> None:
     heldout = inputs.read_json(f"plots/train/{MODELS[0]}/metrics.json", f"train-{MODELS[0]}")
     heldout = heldout.get("heldout_split", "held-out").split()[0]
     reliability = {m: inputs.read_table(f"plots/reliability/{m}.csv", "evaluate") for m in MODELS}
+    comparisons = inputs.comparisons("metrics/summary.json")
+    class_scores = {m: per_class.class_scores(inputs.read_table(f"plots/predictions/{m}.csv", "evaluate"),
+                                              classes["fine"]) for m in MODELS}
     names, groups = inputs.class_order(classes)
     counts = {m: inputs.confusion_counts(inputs.read_table(f"plots/confusion/{m}.csv", "evaluate"), names)
               for m in MODELS}
@@ -57,11 +64,14 @@ def main() -> None:
                                      out / names_of["reliability"])
         superclass_of = {name: group for group, start, end in groups for name in names[start:end]}
         pairs = markdown.confused_pairs(counts, names, [superclass_of[n] for n in names])
+        best_worst = {m: per_class.best_and_worst(scores, BEST_WORST) for m, scores in class_scores.items()}
         values = params.model_dump(mode="json")
         printed = yaml.safe_dump({key: values[key] for key in PRINTED_PARAMS}, sort_keys=False)
         with staged_file(REPORT) as report:
-            report.write_text(markdown.document(metrics, timing, links, heldout=heldout, pairs=pairs,
-                                                data_hash=data_hashes.pop(), params_yaml=printed))
+            report.write_text(markdown.document(
+                metrics, timing, links, heldout=heldout, pairs=pairs, comparisons=comparisons,
+                per_class=markdown.per_class_section(best_worst), data_hash=data_hashes.pop(),
+                params_yaml=printed))
     print(f"wrote {REPORT} and {FIGURES}/")
 
 

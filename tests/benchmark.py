@@ -8,7 +8,10 @@ each ratio is the median over rounds of the ratio within a round, so it holds on
 machine:
   train_step_img_s         the stage's epoch loop (lr schedule, loss policy, checks) on batches
                            already in memory on the device
-  bare_step_img_s          model -> cross_entropy -> backward -> SGD step, nothing else
+  bare_step_img_s          model -> cross_entropy -> backward -> SGD step, nothing else, in the
+                           faster memory layout (per round, the better of bare_step_nchw_img_s
+                           and bare_step_nhwc_img_s; NHWC only where it is safe, see
+                           src/runtime.py), so the ratio is against the best a plain loop gets
   epoch_img_s              a whole epoch through the stage's batches (workers or on-device)
   loader_img_s_per_worker  the worker-side pipeline alone in one process (the default crop/flip/
                            cutout as one batch op, collate included)
@@ -23,6 +26,7 @@ machine:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -45,7 +49,7 @@ from src.augment import pipelines  # noqa: E402
 from src.models.resnet import build_model  # noqa: E402
 from src.params import AugmentParams, RuntimeParams, TrainParams  # noqa: E402
 from src.predict import predict_logits  # noqa: E402
-from src.runtime import resolve  # noqa: E402
+from src.runtime import channels_last_is_fast, resolve  # noqa: E402
 from src.data.normalize import Normalizer  # noqa: E402
 from src.train import checkpoint  # noqa: E402
 from src.train.data import LoaderBatches, make_batches  # noqa: E402
@@ -96,6 +100,25 @@ def checkpoint_ms(model, optimizer, repeats: int) -> dict[str, float]:
     return {"checkpoint_save_ms": 1000 * min(sync_s[1:]), "checkpoint_blocks_ms": 1000 * min(blocked_s[1:])}
 
 
+def bare_steps(model, forward, resident, normalize, memory_format, runtime):
+    """A plain loop over resident batches: forward, cross-entropy, backward, SGD, nothing else."""
+    device = runtime.device
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                                weight_decay=5e-4, fused=device.type == "cuda" or None)
+    inputs = [(normalize(x).contiguous(memory_format=memory_format), y) for x, y in resident]
+
+    def run():
+        model.train()
+        for x, y in inputs:
+            with runtime.autocast():
+                loss = F.cross_entropy(forward(x), y, label_smoothing=0.1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
@@ -107,26 +130,29 @@ def main() -> None:
                         help="images in the timed epoch (default: 50,000 on CUDA, 20 batches elsewhere)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
+    parser.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
+                        help="the project's layout (runtime.channels_last)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
-    compile_flag = {"auto": "auto", "true": True, "false": False}[args.compile]
-    runtime = resolve(RuntimeParams(device=args.device, compile=compile_flag))
+    flag = {"auto": "auto", "true": True, "false": False}
+    runtime = resolve(RuntimeParams(device=args.device, compile=flag[args.compile], precision=args.precision,
+                                    channels_last=flag[args.channels_last]))
     device, batch = runtime.device, args.batch_size
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
 
     def new_model():
-        model = build_model(args.model, width=args.width).to(device, memory_format=memory_format)
+        model = build_model(args.model, width=args.width).to(device, memory_format=runtime.memory_format)
         return model, (torch.compile(model) if runtime.compile else model)
 
     normalize = Normalizer(MEAN, STD, device, runtime.channels_last)
     images = torch.from_numpy(rng.integers(0, 256, (args.steps * batch, 32, 32, 3), dtype=np.uint8)).to(device)
     labels = torch.from_numpy(rng.integers(0, 100, args.steps * batch)).to(device)
     resident = [(images[i * batch:(i + 1) * batch], labels[i * batch:(i + 1) * batch]) for i in range(args.steps)]
-    recipe = StepRecipe(label_smoothing=0.1, mixup_alpha=0.0, grad_clip_norm=None)
+    recipe = StepRecipe(label_smoothing=0.1, mix=None, grad_clip_norm=None)
     prepare = lambda x, y: (normalize(x), y.to(device, non_blocking=True))  # noqa: E731 as in stages/train.py
 
     model, forward = new_model()
@@ -137,21 +163,23 @@ def main() -> None:
                                    epochs=1, first_step=0, total_steps=10 * count, warmup_steps=count,
                                    peak_lr=0.1, schedule="cosine", seed=0, desc="bench")
 
-    # The same model object for both loops (own optimizers): a second copy would sit elsewhere
-    # in memory, and on two CPU cores that alone moved the ratio by +-10% from run to run.
-    bare_model, bare_forward = model, forward
-    bare_optimizer = torch.optim.SGD(bare_model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
-                                     weight_decay=5e-4, fused=device.type == "cuda" or None)
-    normalised = [(normalize(x), y) for x, y in resident]
-
-    def bare_steps():
-        bare_model.train()
-        for x, y in normalised:
-            with runtime.autocast():
-                loss = F.cross_entropy(bare_forward(x), y, label_smoothing=0.1)
-            bare_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            bare_optimizer.step()
+    # The bare loop reuses the project's model object in the project's layout (own optimizer): a
+    # second copy would sit elsewhere in memory, and on two CPU cores that alone moved the ratio
+    # by +-10% from run to run. The other layout needs a copy; it is timed where it is safe.
+    layouts = {"nchw": torch.contiguous_format}
+    if channels_last_is_fast(device):
+        layouts["nhwc"] = torch.channels_last
+    bare_runs = {}
+    for layout, fmt in layouts.items():
+        if fmt == runtime.memory_format:
+            bare_model, bare_forward = model, forward
+        else:
+            bare_model = copy.deepcopy(model).to(memory_format=fmt)
+            bare_forward = torch.compile(bare_model) if runtime.compile else bare_model
+        bare_runs[f"bare_step_{layout}_img_s"] = (bare_steps(bare_model, bare_forward, resident, normalize, fmt,
+                                                              runtime), args.steps * batch)
+    # The project's layout is the one the bare eval (and the checkpoint figures) use.
+    bare_model = model
 
     pipeline = pipelines.split_normalize(pipelines.build_train(AugmentParams(), MEAN, STD))[0]
     epoch_images = args.epoch_images or (50_000 if device.type == "cuda" else 20 * batch)
@@ -160,9 +188,10 @@ def main() -> None:
     batches = make_batches(train_images, train_labels, pipeline, batch, 0, runtime)
     step_images = args.steps * batch
     rounds = timed_rounds({"train_step_img_s": (project_epoch(resident, args.steps), step_images),
-                           "bare_step_img_s": (bare_steps, step_images),
+                           **bare_runs,
                            "epoch_img_s": (project_epoch(batches, len(batches)), len(batches) * batch)},
                           args.repeats, sync)
+    rounds["bare_step_img_s"] = [max(rates) for rates in zip(*(rounds[key] for key in bare_runs))]
 
     # Per worker process: the default pipeline (the batch op), the same through albumentations
     # image by image, and ResNet-50's with AutoAugment, which always runs in workers
@@ -177,6 +206,8 @@ def main() -> None:
                             for key, loader in loaders.items()}, args.repeats, lambda: None)
 
     eval_images = train_images[:args.steps * batch]
+
+    normalised = [(normalize(x), y) for x, y in resident]
 
     @torch.no_grad()
     def bare_eval():
@@ -202,6 +233,8 @@ def main() -> None:
         "eval/bare_eval": ratio("eval_img_s", "bare_eval_img_s"),
         "loader/albumentations": ratio("loader_img_s_per_worker", "loader_albumentations_img_s_per_worker"),
     }
+    figures["ratios"]["bare_nhwc/bare_nchw"] = (ratio("bare_step_nhwc_img_s", "bare_step_nchw_img_s")
+                                                if "nhwc" in layouts else None)
     figures["config"] = {"device": runtime.describe(), "model": args.model, "width": args.width,
                          "batch_size": batch, "torch": str(torch.__version__)}
     if args.json:

@@ -15,7 +15,8 @@ from conftest import clone, train, weights
 from src.augment import pipelines
 from src.augment.batch_ops import CropFlipCutout, DeviceBatches
 from src.models.resnet import build_model
-from src.params import AugmentParams
+from src.params import AugmentParams, RuntimeParams
+from src.runtime import resolve
 from src.train.data import LoaderBatches
 
 MEAN, STD = [0.507, 0.487, 0.441], [0.267, 0.256, 0.276]
@@ -130,7 +131,8 @@ def test_the_gpu_path_trains_on_cpu_with_compile_and_on_device_augmentation(prep
     assert "augmenting in DataLoader workers instead" not in result.stdout
     state = weights(project)
     assert state["params"]["runtime"] == {"device": "cpu", "compile": True, "gpu_augment": True,
-                                          "deterministic": False}
+                                          "precision": "fp32", "deterministic": False,
+                                          "channels_last": resolve(RuntimeParams(device="cpu")).channels_last}
     # The file holds the plain module's weights (no torch.compile `_orig_mod.` prefix), so
     # evaluate and any user load them into an uncompiled model.
     model = build_model("resnet18", width=state["width"])

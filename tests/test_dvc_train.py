@@ -38,6 +38,10 @@ def test_a_clean_repro_leaves_nothing_to_do(repo):
     ({"model.resnet18.lr_scale": 0.5}, {"train-resnet18"}),
     ({"augment.cutout_p": 0.25}, {"augment"}),  # the train stages follow once augment re-runs
     ({"model.width": 3}, TRAIN_STAGES),
+    ({"model.dropout": 0.2}, TRAIN_STAGES),
+    ({"model.zero_init_residual": True}, TRAIN_STAGES),
+    ({"train.ema_decay": 0.99}, TRAIN_STAGES),
+    ({"model.resnet34.cutmix_alpha": 1.0}, {"train-resnet34"}),
 ])
 def test_dvc_status_marks_exactly_the_stages_a_param_reaches(repo, change, expected):
     original = (repo.root / "params.yaml").read_text()

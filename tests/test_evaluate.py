@@ -36,9 +36,9 @@ TINY = {"data.train_limit": 300, "data.test_limit": 100, "data.val_size": 0,
         "runtime.compile": False, "runtime.deterministic": True}
 TEST_IMAGES, EVAL_BATCH = TINY["data.test_limit"], TINY["runtime.eval_batch_size"]
 WIDTHS = {"resnet18": 2, "resnet34": 3, "resnet50": 2}  # tiny: speed only
+PLOT_TABLES = ("confusion", "reliability", "per_class", "predictions")
 ACCURACY_FILES = ([f"metrics/{m}.json" for m in MODELS] + ["metrics/summary.json"]
-                  + [f"plots/{kind}/{m}.csv" for kind in ("confusion", "reliability", "per_class")
-                     for m in MODELS])
+                  + [f"plots/{kind}/{m}.csv" for kind in PLOT_TABLES for m in MODELS])
 TIMING_FILES = [f"metrics/timing/{m}.json" for m in MODELS]
 
 
@@ -95,7 +95,7 @@ def test_macro_precision_recall_f1_by_hand():
     predictions = np.array([0, 0, 1, 1, 2, 2])
     # class 0: P 2/2 R 2/3 F1 0.8 | class 1: P 1/2 R 1/2 F1 0.5 | class 2: P 1/2 R 1/1 F1 2/3
     # class 3 occurs nowhere and is not averaged.
-    precision, recall, f1 = metrics.macro_precision_recall_f1(predictions, labels, num_classes=4)
+    precision, recall, f1 = metrics.macro_precision_recall_f1(predictions, labels)
     assert precision == pytest.approx(100 * (1 + 0.5 + 0.5) / 3)
     assert recall == pytest.approx(100 * (2 / 3 + 0.5 + 1) / 3)
     assert f1 == pytest.approx(100 * (0.8 + 0.5 + 2 / 3) / 3)
@@ -103,7 +103,7 @@ def test_macro_precision_recall_f1_by_hand():
 
 def test_macro_scores_count_never_predicted_and_never_actual_classes_as_zero():
     # class 0: actual, never predicted (P 0, R 0); class 1 perfect; class 3: predicted, never actual
-    precision, recall, f1 = metrics.macro_precision_recall_f1(np.array([3, 1]), np.array([0, 1]), 4)
+    precision, recall, f1 = metrics.macro_precision_recall_f1(np.array([3, 1]), np.array([0, 1]))
     assert (precision, recall, f1) == pytest.approx((100 / 3, 100 / 3, 100 / 3))
 
 
@@ -134,6 +134,17 @@ def test_model_results_on_a_small_split():
     assert [(r["class"], r["superclass"], r["accuracy"]) for r in out["per_class"]] == [
         ("a0", "A", 100.0), ("a1", "A", 0.0), ("b0", "B", 100.0), ("b1", "B", 100.0)]
     assert sum(r["count"] for r in out["reliability"]) == 4
+    assert out["correct"].tolist() == [True, False, True, True]
+    # Each image: its label, the argmax, the max softmax probability, the classes best first.
+    p_top = float(torch.softmax(logits[0], 0).max())
+    first = out["predictions"][0]
+    assert {k: first[k] for k in ("index", "label", "prediction")} == {"index": 0, "label": 0, "prediction": 0}
+    assert first["confidence"] == pytest.approx(p_top)
+    assert [r["prediction"] for r in out["predictions"]] == [0, 2, 2, 3]
+    for row in out["predictions"]:  # 4 classes: all of them, the predicted one first
+        assert row["top5"].split()[0] == str(row["prediction"]) and sorted(row["top5"].split()) == list("0123")
+    low, high = m["top1_ci95"]
+    assert 0 <= low <= 75 <= high <= 100 and m["top5_ci95"] == [100.0, 100.0]
 
 
 def test_rounded_json_is_deterministic(tmp_path):
@@ -273,6 +284,9 @@ def test_metrics_files_have_the_expected_keys_and_ranges(evaluated):
         for key in ("top1", "top5", "ece", "macro_precision", "macro_recall", "macro_f1", "superclass_top1"):
             assert 0 <= m[key] <= 100, (name, key, m[key])
         assert m["top1"] <= m["top5"] and m["top1"] <= m["superclass_top1"]
+        for key in ("top1", "top5"):  # 95% bootstrap intervals around the measured numbers
+            low, high = m[f"{key}_ci95"]
+            assert 0 <= low <= m[key] <= high <= 100 and high - low < 100, (name, key, low, high)
         assert 0 < m["loss"] < 50
         assert m["parameters"] == sum(p.numel() for p in build_model(name, width=WIDTHS[name]).parameters())
         assert set(m["per_superclass"]) <= set(classes["coarse"]) and len(m["per_superclass"]) >= 10
@@ -289,10 +303,69 @@ def test_metrics_files_have_the_expected_keys_and_ranges(evaluated):
 
 def test_summary_puts_the_headline_numbers_side_by_side(evaluated):
     summary = evaluated.json("metrics/summary.json")
-    assert list(summary) == sorted(MODELS)
+    assert list(summary) == sorted([*MODELS, "comparisons"])
     for name in MODELS:
         m = evaluated.json(f"metrics/{name}.json")
-        assert summary[name] == {k: m[k] for k in ("top1", "top5", "loss", "ece", "parameters")}
+        assert summary[name] == {k: m[k] for k in ("top1", "top1_ci95", "top5", "top5_ci95", "loss", "ece",
+                                                   "parameters")}
+
+
+def test_summary_compares_every_pair_on_the_same_images(evaluated):
+    """Recomputed here from the per-image predictions with scipy directly."""
+    from scipy.stats import binomtest
+    comparisons = evaluated.json("metrics/summary.json")["comparisons"]
+    assert list(comparisons) == ["resnet34_vs_resnet18", "resnet50_vs_resnet18", "resnet50_vs_resnet34"]
+    right = {}
+    for name in MODELS:
+        table = np.loadtxt(evaluated.project.root / f"plots/predictions/{name}.csv", delimiter=",",
+                           skiprows=1, usecols=(1, 2), dtype=np.int64)
+        right[name] = table[:, 0] == table[:, 1]
+    p_values = []
+    for key, entry in comparisons.items():
+        first, second = key.split("_vs_")
+        top1 = {m: evaluated.json(f"metrics/{m}.json")["top1"] for m in (first, second)}
+        assert entry["top1_diff"] == pytest.approx(top1[first] - top1[second], abs=2e-4)
+        b, c = int(np.sum(right[first] & ~right[second])), int(np.sum(right[second] & ~right[first]))
+        assert entry["discordant"] == [b, c]
+        p = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
+        assert entry["mcnemar_p"] == round(p, 4)
+        p_values.append(p)
+        low, high = entry["top1_diff_ci95"]
+        assert low <= entry["top1_diff"] <= high
+    # Holm over the three pairs, spelled out for three p-values
+    order = np.argsort(p_values)
+    expected = np.minimum(1, np.maximum.accumulate(np.array(p_values)[order] * [3, 2, 1]))
+    for rank, i in enumerate(order):
+        assert list(comparisons.values())[i]["mcnemar_p_holm"] == round(float(expected[rank]), 4)
+
+
+def test_predictions_agree_with_an_independent_forward_pass(evaluated):
+    import pandas as pd
+    root = evaluated.project.root
+    with np.load(root / "data/prepared/test.npz") as npz:
+        images, labels = npz["images"], npz["fine_labels"]
+    for name in MODELS:
+        table = pd.read_csv(root / f"plots/predictions/{name}.csv", dtype={"top5": str})
+        assert list(table.columns) == ["index", "label", "prediction", "confidence", "top5"]
+        assert table["index"].tolist() == list(range(TEST_IMAGES)) and table["label"].tolist() == labels.tolist()
+        top5 = np.array([[int(k) for k in row.split()] for row in table["top5"]])
+        assert top5.shape == (TEST_IMAGES, 5) and (top5[:, 0] == table["prediction"]).all()
+        m = evaluated.json(f"metrics/{name}.json")
+        assert m["top1"] == round(float(np.mean(table["prediction"] == labels) * 100), 4)
+        assert m["top5"] == round(float(np.mean((top5 == labels[:, None]).any(1)) * 100), 4)
+        assert table["confidence"].between(0, 1).all()
+        if ON_CPU:
+            model, x = independent_model_and_inputs(root, name, images)
+            with torch.no_grad():
+                probs = model(x).softmax(1).double().numpy()
+            assert table["confidence"].to_numpy() == pytest.approx(probs.max(1), abs=1e-4)
+            # The five listed are the five most probable, best first (up to float noise between the
+            # two forward passes, which may swap near-ties of these untrained models).
+            listed = np.take_along_axis(probs, top5, axis=1)
+            assert (np.diff(listed, axis=1) <= 1e-6).all()
+            rest = probs.copy()
+            np.put_along_axis(rest, top5, -1.0, axis=1)
+            assert (listed[:, -1] >= rest.max(1) - 1e-6).all()
 
 
 def test_timings_are_kept_apart(evaluated):
@@ -309,6 +382,16 @@ def test_two_runs_give_byte_identical_accuracy_files(evaluated):
         assert (root / rel).read_bytes() == evaluated.first_bytes[rel], f"{rel} differs between runs"
 
 
+def independent_model_and_inputs(root: Path, name: str, images: np.ndarray):
+    """The model file loaded without the project's evaluate code, and the images normalised by hand."""
+    state = torch.load(root / "models" / f"{name}.pt", weights_only=True)
+    model = build_model(name, width=state["width"]).eval()
+    model.load_state_dict(state["state_dict"])
+    mean = torch.tensor(state["normalize"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(state["normalize"]["std"]).view(1, 3, 1, 1)
+    return model, (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+
+
 def test_metrics_agree_with_an_independent_forward_pass(evaluated):
     """top-1 and the confusion rows match the model run here in fp32, with its stored normalisation."""
     root = evaluated.project.root
@@ -316,12 +399,7 @@ def test_metrics_agree_with_an_independent_forward_pass(evaluated):
     with np.load(root / "data/prepared/test.npz") as npz:
         images, labels = npz["images"], npz["fine_labels"]
     for name in MODELS:
-        state = torch.load(root / "models" / f"{name}.pt", weights_only=True)
-        model = build_model(name, width=state["width"]).eval()
-        model.load_state_dict(state["state_dict"])
-        mean = torch.tensor(state["normalize"]["mean"]).view(1, 3, 1, 1)
-        std = torch.tensor(state["normalize"]["std"]).view(1, 3, 1, 1)
-        x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        model, x = independent_model_and_inputs(root, name, images)
         with torch.no_grad():
             mine = [classes["fine"][p] for p in model(x).argmax(1).tolist()]
         rows = (root / f"plots/confusion/{name}.csv").read_text().splitlines()
@@ -334,6 +412,33 @@ def test_metrics_agree_with_an_independent_forward_pass(evaluated):
             assert list(predicted) == mine
         else:  # bf16 on an accelerator may flip near-ties of these untrained models
             assert np.mean(np.array(predicted) == np.array(mine)) >= 0.8
+
+
+def test_hflip_tta_scores_the_averaged_softmax_and_is_recorded(evaluated, tmp_path):
+    """evaluate.hflip_tta: top-1 from the mean of the softmaxes of each image and its mirror."""
+    import os
+    import shutil
+    source = evaluated.project.root
+    assert evaluated.json("metrics/resnet18.json")["hflip_tta"] is False
+    project = Project(tmp_path / "tta", env=evaluated.project.env)
+    shutil.copytree(source, project.root, copy_function=os.link, ignore=shutil.ignore_patterns(".git"))
+    project.set_params({"evaluate.hflip_tta": True})
+    result = project.stage("evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(project.root / "data/prepared/test.npz") as npz:
+        images, labels = npz["images"], npz["fine_labels"]
+    for name in MODELS:
+        model, x = independent_model_and_inputs(project.root, name, images)
+        with torch.no_grad():
+            # float64: a float32 probability of e^-44 (these untrained models) underflows to log(0)
+            probs = (model(x).double().softmax(1) + model(x.flip(3)).double().softmax(1)) / 2
+        metrics_file = json.loads((project.root / f"metrics/{name}.json").read_text())
+        assert metrics_file["hflip_tta"] is True
+        top1 = float(np.mean(probs.argmax(1).numpy() == labels) * 100)
+        if ON_CPU:
+            assert metrics_file["top1"] == pytest.approx(top1, abs=1e-4)
+        assert metrics_file["loss"] == pytest.approx(
+            torch.nn.functional.nll_loss(probs.log(), torch.from_numpy(labels)).item(), rel=0.02)
 
 
 def test_reliability_table_reproduces_the_ece(evaluated):
@@ -411,14 +516,13 @@ def test_evaluate_declares_its_data_and_params():
     stage = declared("evaluate")
     data = {d for d in stage["deps"] if not d.endswith(".py")}
     assert data == {"data/prepared"} | {f"models/{m}.pt" for m in MODELS}
-    assert stage["params"] == ["runtime"]
+    assert stage["params"] == ["evaluate", "runtime"]
     metric_files = {next(iter(m)) for m in stage["metrics"]}
     accuracy = {f"metrics/{m}.json" for m in MODELS} | {"metrics/summary.json"}
     assert metric_files == accuracy | set(TIMING_FILES)
     assert all(next(iter(m.values())) == {"cache": False} for m in stage["metrics"])
     # Plot tables in the DVC cache: a cache: false out other than metrics turns off the run-cache.
-    assert stage["outs"] == [f"plots/{kind}/{m}.csv" for kind in ("confusion", "reliability", "per_class")
-                             for m in MODELS]
+    assert stage["outs"] == [f"plots/{kind}/{m}.csv" for kind in PLOT_TABLES for m in MODELS]
 
 
 def test_top_level_plots_show_all_three_models():
@@ -436,5 +540,5 @@ def test_top_level_plots_show_all_three_models():
 
 def test_report_code_changes_do_not_rerun_evaluate():
     assert {d for d in declared_code("evaluate") if d.startswith("src/")} >= {
-        "src/evaluate/metrics.py", "src/evaluate/results.py", "src/predict.py"}
+        "src/evaluate/metrics.py", "src/evaluate/results.py", "src/evaluate/stats.py", "src/predict.py"}
     assert not {d for d in declared_code("evaluate") if d.startswith("src/report/")}

@@ -86,7 +86,18 @@ def test_no_train_stage_depends_on_evaluate_or_report_code(name):
         assert not re.search(r"(evaluate|report)", dep), f"{name} depends on {dep}"
 
 
+# User commands (`python -m src.compare`): they read the pipeline's results, no stage runs them.
+COMMANDS = {ROOT / "src" / "compare.py"}
+
+
 def test_every_project_module_is_used_by_some_stage():
     used = set().union(*(declared_code(s) for s in STAGES.values()))
-    modules = {p for p in ROOT.glob("src/**/*.py") if has_code(p)}
+    modules = {p for p in ROOT.glob("src/**/*.py") if has_code(p)} - COMMANDS
     assert sorted(str(p.relative_to(ROOT)) for p in modules - used) == []
+
+
+def test_user_commands_are_no_stage_code():
+    """A command's edits must not re-run a stage: no stage lists or imports it."""
+    for name, stage in STAGES.items():
+        assert not COMMANDS & declared_code(stage), name
+        assert not COMMANDS & imported_files(stage_script(stage)), name

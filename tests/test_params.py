@@ -35,6 +35,15 @@ BAD_INPUTS = [  # (key, value, words the one-line message must contain)
     ("runtime.device", "tpu", "'auto', 'cuda', 'mps' or 'cpu'"),
     ("runtime.workers", -2, "whole number >= 0"),
     ("model.depth", 101, "unknown key 'model.depth'"),
+    ("model.zero_init_residual", "no", "valid boolean"),
+    ("model.dropout", 1.0, "less than 1"),
+    ("model.resnet18.cutmix_alpha", -1.0, "greater than or equal to 0"),
+    ("model.resnet34.cutmix_prob", 1.5, "less than or equal to 1"),
+    ("train.ema_decay", 1.0, "less than 1"),
+    ("train.ema_decay", 0, "greater than 0"),
+    ("evaluate.hflip_tta", "maybe", "valid boolean"),
+    ("runtime.precision", "fp16", "'auto', 'bf16' or 'fp32'"),
+    ("runtime.channels_last", "sometimes", "'auto'"),
 ]
 
 

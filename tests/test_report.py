@@ -10,7 +10,7 @@ import yaml
 
 from src.cli import UserError
 from src.params import MODELS
-from src.report import inputs, markdown
+from src.report import inputs, markdown, per_class
 from stages.report import PRINTED_PARAMS
 from test_evaluate import declared, declared_code, evaluated_project, write_curves
 
@@ -54,7 +54,8 @@ def test_confused_pairs_sum_both_directions_and_models():
 
 
 def test_results_table_marks_the_reference_numbers():
-    metrics = {m: {"top1": 70.0, "top5": 90.0, "loss": 1.2, "ece": 3.0, "macro_precision": 70.0,
+    metrics = {m: {"top1": 70.0, "top1_ci95": [69.1, 70.9], "top5": 90.0, "top5_ci95": [89.4, 90.6],
+                   "loss": 1.2, "ece": 3.0, "macro_precision": 70.0,
                    "macro_recall": 70.0, "macro_f1": 70.0, "superclass_top1": 80.0, "parameters": 1234567,
                    "provenance": {"trained": {"epochs": 100, "lr": 0.4}}}
                for m in MODELS}
@@ -63,6 +64,8 @@ def test_results_table_marks_the_reference_numbers():
     lines = text.splitlines()
     assert lines[0] == "| test split | ResNet-18 | ResNet-34 | ResNet-50 |"
     assert "| **top-1 (%)** | **70.00** | **70.00** | **70.00** |" in lines
+    assert "| top-1 95% interval (bootstrap) | [69.10, 70.90] | [69.10, 70.90] | [69.10, 70.90] |" in lines
+    assert "| top-5 95% interval (bootstrap) | [89.40, 90.60] | [89.40, 90.60] | [89.40, 90.60] |" in lines
     assert "| parameters | 1,234,567 | 1,234,567 | 1,234,567 |" in lines
     assert "| epochs trained (peak lr) | 100 (0.4) | 100 (0.4) | 100 (0.4) |" in lines
     assert "| top-1 minus reference top-1 (points) | -8.33 | -5.00 | -11.45 |" in lines
@@ -70,6 +73,68 @@ def test_results_table_marks_the_reference_numbers():
     assert len(reference) == 2
     assert "78.33" in reference[0] and "76.76" in reference[0] and "75.00 target" in reference[0]
     assert "81.45" in reference[0] and "95.70" in reference[1]
+
+
+def comparison(diff: float, low: float, high: float, b: int, c: int, p: float, holm: float) -> dict:
+    return {"top1_diff": diff, "top1_diff_ci95": [low, high], "discordant": [b, c], "mcnemar_p": p,
+            "mcnemar_p_holm": holm}
+
+
+COMPARISONS = {  # ResNet-50 clearly ahead, ResNet-18 and -34 within chance of each other
+    "resnet34_vs_resnet18": comparison(-0.3, -1.1, 0.5, 410, 440, 0.3204, 0.3204),
+    "resnet50_vs_resnet18": comparison(3.1, 2.3, 3.9, 600, 290, 0.0, 0.0),
+    "resnet50_vs_resnet34": comparison(3.4, 2.6, 4.2, 610, 270, 0.0, 0.0001),
+}
+TOP1 = {"resnet18": {"top1": 78.4}, "resnet34": {"top1": 78.1}, "resnet50": {"top1": 81.5}}
+
+
+def test_comparisons_table_lists_each_pair_with_its_interval_and_tests():
+    lines = markdown.comparisons_table(COMPARISONS).splitlines()
+    assert lines[0].startswith("| pair | top-1 difference (points) | 95% interval (paired bootstrap) |")
+    assert "Holm-adjusted p (3 pairs)" in lines[0]
+    assert lines[2:] == [
+        "| ResNet-34 - ResNet-18 | -0.30 | [-1.10, +0.50] | 410 / 440 | 0.3204 | 0.3204 | no |",
+        "| ResNet-50 - ResNet-18 | +3.10 | [+2.30, +3.90] | 600 / 290 | < 0.0001 | < 0.0001 | **yes** |",
+        "| ResNet-50 - ResNet-34 | +3.40 | [+2.60, +4.20] | 610 / 270 | < 0.0001 | 0.0001 | **yes** |"]
+
+
+def test_ranking_sentence_ranks_and_names_the_significant_gaps():
+    sentence = markdown.ranking_sentence(TOP1, COMPARISONS)
+    assert sentence.startswith("By top-1, ResNet-50 (81.50%) > ResNet-18 (78.40%) > ResNet-34 (78.10%);")
+    assert "significant at 0.05" in sentence and "Holm-adjusted over the 3 pairs" in sentence
+    assert "ResNet-50 over ResNet-18, ResNet-50 over ResNet-34; within chance: ResNet-18 vs ResNet-34." in sentence
+    none = {key: {**c, "mcnemar_p_holm": 0.2} for key, c in COMPARISONS.items()}
+    assert "no gap is significant at 0.05" in markdown.ranking_sentence(TOP1, none)
+    every = {key: {**c, "mcnemar_p_holm": 0.01} for key, c in COMPARISONS.items()}
+    assert "every gap is significant at 0.05" in markdown.ranking_sentence(TOP1, every)
+    assert sentence.count(".") == 1 + 4  # one sentence (the dot of each number aside)
+    tied = {**TOP1, "resnet34": {"top1": 78.4}}
+    assert markdown.ranking_sentence(tied, COMPARISONS).startswith(
+        "By top-1, ResNet-50 (81.50%) > ResNet-18 (78.40%) = ResNet-34 (78.40%);")
+
+
+def test_class_scores_equal_a_direct_computation():
+    names = ["apple", "bee", "cat", "dog", "eel"]
+    table = pd.DataFrame({"label": [0, 0, 0, 1, 1, 2, 3], "prediction": [0, 0, 1, 1, 2, 2, 4]})
+    scores = per_class.class_scores(table, names).set_index("class")
+    assert list(scores.index) == ["apple", "bee", "cat", "dog"]  # eel: predicted, never a label
+    # apple: P 2/2 R 2/3 | bee: P 1/2 R 1/2 | cat: P 1/2 R 1/1 | dog: P 0 (never predicted) R 0
+    for name, p, r in (("apple", 1, 2 / 3), ("bee", 0.5, 0.5), ("cat", 0.5, 1), ("dog", 0, 0)):
+        f1 = 2 * p * r / (p + r) if p + r else 0
+        got = scores.loc[name, ["precision", "recall", "f1"]].tolist()
+        assert got == pytest.approx([100 * p, 100 * r, 100 * f1])
+    assert scores["images"].tolist() == [3, 2, 1, 1]
+
+
+def test_best_and_worst_classes_are_disjoint_and_ordered():
+    scores = pd.DataFrame({"class": [f"k{i:02d}" for i in range(25)], "precision": 0.0,
+                           "recall": [float(i % 7) for i in range(25)], "f1": [float(i) for i in range(25)],
+                           "images": 1})
+    best, worst = per_class.best_and_worst(scores, 10)
+    assert best["class"].tolist() == [f"k{i:02d}" for i in range(24, 14, -1)]
+    assert worst["class"].tolist() == [f"k{i:02d}" for i in range(10)]
+    few_best, few_worst = per_class.best_and_worst(scores.head(12), 10)
+    assert len(few_best) == 10 and few_worst["class"].tolist() == ["k00", "k01"]  # no class in both
 
 
 def test_training_curves_read_dvclive_folders(tmp_path, monkeypatch):
@@ -117,6 +182,48 @@ def test_report_has_the_table_and_links_that_exist(reported, evaluated):
         link.split("/")[1] for link in expected if link.startswith("report/"))
 
 
+def test_report_says_which_differences_are_real(reported, evaluated):
+    text = (reported.root / "plots" / "report.md").read_text()
+    summary = evaluated.json("metrics/summary.json")
+    metrics = {m: evaluated.json(f"metrics/{m}.json") for m in MODELS}
+    section = text.split("## Which differences are real")[1].split("\n## ")[0]
+    assert markdown.ranking_sentence(metrics, summary["comparisons"]) in section
+    rows = [line for line in section.splitlines() if line.startswith("| ResNet")]
+    assert len(rows) == 3
+    for row, (key, c) in zip(rows, summary["comparisons"].items()):
+        first, second = key.split("_vs_")
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[0] == f"{markdown.TITLES[first]} - {markdown.TITLES[second]}"
+        assert float(cells[1]) == pytest.approx(c["top1_diff"], abs=0.005)
+        assert cells[3] == f"{c['discordant'][0]:,} / {c['discordant'][1]:,}"
+    for m in MODELS:  # the side-by-side table carries the intervals
+        assert "[{:.2f}, {:.2f}]".format(*metrics[m]["top1_ci95"]) in text
+
+
+def test_report_lists_the_best_and_worst_classes_of_each_model(reported, evaluated):
+    text = (reported.root / "plots" / "report.md").read_text()
+    section = text.split("## Per-class precision, recall and F1")[1].split("\n## ")[0]
+    classes = evaluated.json("data/prepared/classes.json")["fine"]
+    for m in MODELS:
+        table = section.split(f"### {markdown.TITLES[m]}")[1].split("###")[0]
+        rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+                if line.startswith(("| best", "| worst"))]
+        assert [r[0] for r in rows[:10]] == [f"best {i}" for i in range(1, 11)]
+        assert [r[0] for r in rows[10:]] == [f"worst {i}" for i in range(1, 11)]
+        # F1 of every listed class, recomputed by hand from the predictions file
+        predictions = pd.read_csv(reported.root / f"plots/predictions/{m}.csv")
+        f1 = {}
+        for row in rows:
+            k = classes.index(row[1])
+            tp = int(((predictions["label"] == k) & (predictions["prediction"] == k)).sum())
+            support = int((predictions["label"] == k).sum())
+            predicted = int((predictions["prediction"] == k).sum())
+            f1[row[1]] = 200 * tp / (support + predicted) if support + predicted else 0.0
+            assert float(row[4]) == pytest.approx(f1[row[1]], abs=0.005) and int(row[5]) == support
+        assert len(f1) == 20  # no class is both among the best and the worst
+        assert min(float(r[4]) for r in rows[:10]) >= max(float(r[4]) for r in rows[10:])
+
+
 def test_report_states_the_params_and_data_the_numbers_came_from(reported, evaluated):
     text = (reported.root / "plots" / "report.md").read_text()
     data_hash = evaluated.json("metrics/resnet18.json")["provenance"]["prepared_data_hash"]
@@ -160,9 +267,10 @@ def test_report_does_not_depend_on_evaluate_or_torch_code():
 def test_report_declares_its_data_params_and_outputs():
     stage = declared("report")
     data = {d for d in stage["deps"] if not d.endswith(".py")}
-    assert data == ({"data/prepared/classes.json"}
+    assert data == ({"data/prepared/classes.json", "metrics/summary.json"}
                     | {f"metrics/{m}.json" for m in MODELS} | {f"metrics/timing/{m}.json" for m in MODELS}
-                    | {f"plots/{kind}/{m}.csv" for kind in ("confusion", "reliability") for m in MODELS}
+                    | {f"plots/{kind}/{m}.csv" for kind in ("confusion", "reliability", "predictions")
+                       for m in MODELS}
                     | {f"plots/train/{m}" for m in MODELS})
     assert tuple(stage["params"]) == PRINTED_PARAMS
     assert stage["outs"] == [{"plots/report.md": {"cache": False}}, {"plots/report": {"cache": False}}]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.metrics import precision_recall_fscore_support
 
 
 def topk_accuracy(logits: torch.Tensor, labels: np.ndarray, k: int) -> float:
@@ -27,6 +28,8 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15
     """Equal-width confidence bins (lower, upper] as in Guo et al. 2017; empty bins are left out.
 
     Each row: bin index, its edges, mean confidence and accuracy (percent), image count.
+    Hand-written: scikit-learn's calibration_curve is for binary problems, closes bins on
+    the left and returns no counts, which the ECE and the reliability plot need.
     """
     edges = np.linspace(0.0, 1.0, bins + 1)
     index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
@@ -47,22 +50,14 @@ def expected_calibration_error(rows: list[dict]) -> float:
     return sum(row["count"] * abs(row["accuracy"] - row["confidence"]) for row in rows) / total
 
 
-def macro_precision_recall_f1(predictions: np.ndarray, labels: np.ndarray,
-                              num_classes: int) -> tuple[float, float, float]:
-    """Unweighted means over the classes that occur as a label or a prediction (as scikit-learn).
+def macro_precision_recall_f1(predictions: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """Unweighted means over the classes that occur as a label or a prediction (scikit-learn's macro).
 
     A class never predicted has precision 0 and a class with P = R = 0 has F1 0
-    (scikit-learn's zero_division=0); macro F1 is the mean of per-class F1 scores.
+    (zero_division=0); macro F1 is the mean of per-class F1 scores.
     """
-    true_pos = np.bincount(labels[predictions == labels], minlength=num_classes)
-    predicted = np.bincount(predictions, minlength=num_classes)
-    actual = np.bincount(labels, minlength=num_classes)
-    present = (predicted + actual) > 0
-    precision = np.divide(true_pos, predicted, out=np.zeros(num_classes), where=predicted > 0)
-    recall = np.divide(true_pos, actual, out=np.zeros(num_classes), where=actual > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0)
-    return tuple(float(v[present].mean() * 100) for v in (precision, recall, f1))
+    scores = precision_recall_fscore_support(labels, predictions, average="macro", zero_division=0)
+    return tuple(float(v) * 100 for v in scores[:3])
 
 
 def group_accuracy(correct: np.ndarray, groups: np.ndarray, names: list[str]) -> dict[str, float]:

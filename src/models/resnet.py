@@ -5,6 +5,8 @@ convolution and no max-pool, so 32x32 images keep their resolution into
 layer1 (He et al. 2016, section 4.2; kuangliu/pytorch-cifar). `width` scales
 every stage: channels are width, 2*width, 4*width, 8*width (x4 for Bottleneck).
 The global pool is a plain mean, for deterministic CUDA training (see GlobalAvgPool).
+Options: dropout before the classifier (no weights, so model files keep one layout) and
+zero-initialised residual BatchNorms (off by default: see CifarResNet).
 With width 64 and 100 classes: 11,220,132 / 21,328,292 / 23,705,252 parameters.
 """
 from __future__ import annotations
@@ -29,7 +31,8 @@ class GlobalAvgPool(nn.Module):
 
 
 class CifarResNet(ResNet):
-    def __init__(self, block, layers: list[int], num_classes: int = 100, width: int = 64):
+    def __init__(self, block, layers: list[int], num_classes: int = 100, width: int = 64,
+                 zero_init_residual: bool = False, dropout: float = 0.0):
         nn.Module.__init__(self)  # ResNet.__init__ would build the ImageNet stem at width 64
         self._norm_layer = nn.BatchNorm2d
         self.inplanes, self.dilation, self.groups = width, 1, 1
@@ -43,6 +46,7 @@ class CifarResNet(ResNet):
         self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
         self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
         self.avgpool = GlobalAvgPool()
+        self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
         for module in self.modules():  # torchvision's initialisation
             if isinstance(module, nn.Conv2d):
@@ -50,18 +54,29 @@ class CifarResNet(ResNet):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        # Zero-init each block's last BN: every block starts as the identity, which
-        # makes the large-batch warmup stable (Goyal et al. 2017).
+        if zero_init_residual:
+            self._zero_init_residual()
+
+    def _zero_init_residual(self) -> None:
+        """Each block starts as the identity (Goyal et al. 2017). Off by default: none of the
+        seeds uses it, and on the genuine data it learned slower at a short budget (ResNet-18,
+        width 16, 2 epochs on 10,000 images: 8.4% against 10.8% top-1, issue 11)."""
         for module in self.modules():
             if isinstance(module, Bottleneck):
                 nn.init.zeros_(module.bn3.weight)
             elif isinstance(module, BasicBlock):
                 nn.init.zeros_(module.bn2.weight)
 
+    def _forward_impl(self, x):
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x)))))))
+        return self.fc(self.dropout(self.avgpool(x).flatten(1)))
 
-def build_model(name: str, num_classes: int = 100, width: int = 64) -> CifarResNet:
+
+def build_model(name: str, num_classes: int = 100, width: int = 64, zero_init_residual: bool = False,
+                dropout: float = 0.0) -> CifarResNet:
     block, layers = ARCHITECTURES[name]
-    return CifarResNet(block, layers, num_classes=num_classes, width=width)
+    return CifarResNet(block, layers, num_classes=num_classes, width=width,
+                       zero_init_residual=zero_init_residual, dropout=dropout)
 
 
 def count_parameters(model: nn.Module) -> int:

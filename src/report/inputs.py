@@ -1,4 +1,4 @@
-"""What the report reads: metrics JSON, DVCLive curves, confusion and reliability tables."""
+"""What the report reads: metrics JSON, DVCLive curves, confusion, reliability and prediction tables."""
 from __future__ import annotations
 
 import json
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import confusion_matrix
 
 from src.cli import UserError
 
@@ -22,6 +23,15 @@ def read_json(path: str | Path, made_by: str) -> dict:
         raise UserError(f"{path} not found: run `dvc repro {made_by}` first") from None
     except json.JSONDecodeError as error:
         raise UserError(f"{path} is not valid JSON ({error}): run `dvc repro {made_by}` again") from None
+
+
+def comparisons(path: str | Path) -> dict[str, dict]:
+    """The `comparisons` block of metrics/summary.json: every pair of models' difference and test."""
+    found = read_json(path, "evaluate").get("comparisons")
+    if not found:
+        raise UserError(f"{path} has no `comparisons` (written by an older evaluate stage): "
+                        "run `dvc repro evaluate` again")
+    return found
 
 
 def read_table(path: str | Path, made_by: str, sep: str = ",") -> pd.DataFrame:
@@ -65,6 +75,5 @@ def confusion_counts(table: pd.DataFrame, names: list[str]) -> np.ndarray:
     if unknown:
         raise UserError(f"the confusion data names classes that classes.json does not "
                         f"({sorted(unknown)[:5]}): run `dvc repro evaluate` again")
-    counts = np.zeros((len(names), len(names)), dtype=np.int64)
-    np.add.at(counts, (table["actual"].map(index).to_numpy(), table["predicted"].map(index).to_numpy()), 1)
-    return counts
+    return confusion_matrix(table["actual"].map(index).to_numpy(), table["predicted"].map(index).to_numpy(),
+                            labels=np.arange(len(names)))

@@ -12,6 +12,7 @@ REFERENCE = {
 }
 REFERENCE_TOP1 = {"resnet18": 78.33, "resnet34": 75.0, "resnet50": 81.45}  # ResNet-34: the target
 TITLES = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50"}
+ALPHA = 0.05  # significance level of the "which differences are real" table
 
 
 def table(header: list[str], rows: list[list[str]], align: str = "l" + "r" * 20) -> str:
@@ -27,7 +28,9 @@ def results_table(metrics: dict[str, dict], timing: dict[str, dict]) -> str:
     models = list(metrics)
     measured = [
         ("**top-1 (%)**", lambda m, t: f"**{m['top1']:.2f}**"),
+        ("top-1 95% interval (bootstrap)", lambda m, t: _interval(m["top1_ci95"])),
         ("top-5 (%)", lambda m, t: f"{m['top5']:.2f}"),
+        ("top-5 95% interval (bootstrap)", lambda m, t: _interval(m["top5_ci95"])),
         ("cross-entropy loss", lambda m, t: f"{m['loss']:.4f}"),
         ("ECE (%, 15 bins)", lambda m, t: f"{m['ece']:.2f}"),
         ("macro precision / recall / F1 (%)",
@@ -35,6 +38,8 @@ def results_table(metrics: dict[str, dict], timing: dict[str, dict]) -> str:
         ("superclass of the prediction right (%)", lambda m, t: f"{m['superclass_top1']:.2f}"),
         ("parameters", lambda m, t: f"{m['parameters']:,}"),
         ("epochs trained (peak lr)", lambda m, t: _trained(m)),
+        ("weights scored", lambda m, t: ("EMA" if m.get("ema") else "final")
+         + (" + flip TTA" if m.get("hflip_tta") else "")),
         ("throughput (img/s)", lambda m, t: f"{t['throughput_img_s']:,.0f} (batch {t['batch_size']})"),
         ("latency (ms, one image)", lambda m, t: f"{t['latency_ms']:.2f}"),
     ]
@@ -44,6 +49,77 @@ def results_table(metrics: dict[str, dict], timing: dict[str, dict]) -> str:
     rows += [[f"*reference {label} (%), not measured here*"] + [f"*{REFERENCE[n][key]}*" for n in models]
              for key, label in (("top1", "top-1"), ("top5", "top-5"))]
     return table(["test split"] + [TITLES.get(n, n) for n in models], rows)
+
+
+def _interval(bounds: list[float], sign: str = "") -> str:
+    return f"[{bounds[0]:{sign}.2f}, {bounds[1]:{sign}.2f}]"
+
+
+def _p(value: float) -> str:
+    # The metrics files keep 4 decimals: a stored 0 means below 0.00005.
+    return "< 0.0001" if value < 0.0001 else f"{value:.4f}"
+
+
+def _pair(key: str) -> tuple[str, str]:
+    """'resnet50_vs_resnet18' -> ('resnet50', 'resnet18')."""
+    first, second = key.split("_vs_")
+    return first, second
+
+
+def comparisons_table(comparisons: dict[str, dict], alpha: float = ALPHA) -> str:
+    """Which differences are real: each pair's top-1 difference, interval, discordant images, p."""
+    rows = []
+    for key, c in comparisons.items():
+        first, second = (TITLES.get(m, m) for m in _pair(key))
+        rows.append([f"{first} - {second}", f"{c['top1_diff']:+.2f}", _interval(c["top1_diff_ci95"], "+"),
+                     f"{c['discordant'][0]:,} / {c['discordant'][1]:,}", _p(c["mcnemar_p"]),
+                     _p(c["mcnemar_p_holm"]), "**yes**" if c["mcnemar_p_holm"] < alpha else "no"])
+    return table(["pair", "top-1 difference (points)", "95% interval (paired bootstrap)",
+                  "images only the first / only the second gets right", "McNemar p (exact)",
+                  f"Holm-adjusted p ({len(rows)} pairs)", f"real at {alpha:g}?"], rows, align="lrrrrrc")
+
+
+def ranking_sentence(metrics: dict[str, dict], comparisons: dict[str, dict], alpha: float = ALPHA) -> str:
+    """One sentence: the models ranked by top-1, and which gaps are significant at `alpha`."""
+    ranked = sorted(metrics, key=lambda m: -metrics[m]["top1"])
+    ranking = f"{TITLES.get(ranked[0], ranked[0])} ({metrics[ranked[0]]['top1']:.2f}%)"
+    for before, m in zip(ranked, ranked[1:]):
+        sign = "=" if metrics[m]["top1"] == metrics[before]["top1"] else ">"
+        ranking += f" {sign} {TITLES.get(m, m)} ({metrics[m]['top1']:.2f}%)"
+    real, chance = [], []
+    for key, c in comparisons.items():
+        better, worse = sorted(_pair(key), key=lambda m: -metrics[m]["top1"])
+        if c["mcnemar_p_holm"] < alpha:
+            real.append(f"{TITLES.get(better, better)} over {TITLES.get(worse, worse)}")
+        else:
+            chance.append(f"{TITLES.get(better, better)} vs {TITLES.get(worse, worse)}")
+    test = f"exact McNemar test, Holm-adjusted over the {len(comparisons)} pairs"
+    if not chance:
+        verdict = f"every gap is significant at {alpha:g} ({test})"
+    elif not real:
+        verdict = (f"no gap is significant at {alpha:g} ({test}): on this test split the models "
+                   "cannot be told apart")
+    else:
+        verdict = (f"significant at {alpha:g} ({test}): {', '.join(real)}; within chance: "
+                   f"{', '.join(chance)}")
+    return f"By top-1, {ranking}; {verdict}."
+
+
+def per_class_section(scores: dict[str, tuple]) -> str:
+    """Per model, a table of the classes with the best and with the worst F1.
+
+    scores: {model: (best rows, worst rows)} from src/report/per_class.py's best_and_worst.
+    """
+    parts = []
+    for model, (best, worst) in scores.items():
+        rows = [[f"best {i + 1}", r["class"], f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['f1']:.2f}",
+                 str(r["images"])] for i, r in enumerate(best.to_dict("records"))]
+        rows += [[f"worst {i + 1}", r["class"], f"{r['precision']:.2f}", f"{r['recall']:.2f}",
+                  f"{r['f1']:.2f}", str(r["images"])] for i, r in enumerate(worst.to_dict("records"))]
+        parts.append(f"### {TITLES.get(model, model)}\n\n"
+                     + table(["rank (F1)", "class", "precision (%)", "recall (%)", "F1 (%)", "test images"],
+                             rows, align="llrrrr"))
+    return "\n\n".join(parts)
 
 
 def _trained(metrics: dict) -> str:
@@ -79,7 +155,7 @@ def provenance_table(metrics: dict[str, dict], timing: dict[str, dict]) -> str:
 
 
 def document(metrics: dict[str, dict], timing: dict[str, dict], links: dict[str, str], *, heldout: str,
-             pairs: str, data_hash: str, params_yaml: str) -> str:
+             pairs: str, comparisons: dict[str, dict], per_class: str, data_hash: str, params_yaml: str) -> str:
     """The whole report.md. links: figure key -> path relative to report.md."""
     models = list(metrics)
     test_images = metrics[models[0]]["test_images"]
@@ -99,6 +175,20 @@ marked *reference*, which are published results quoted for comparison.
 
 Throughput and latency: {timing[models[0]]['device']}, including the host-to-device copy
 (`metrics/timing/`). The final model of each run is evaluated; nothing is selected on the test split.
+Intervals: 95% percentile bootstrap over the test images (seeded, so re-runs give the same bounds).
+
+## Which differences are real
+
+{ranking_sentence(metrics, comparisons)}
+
+{comparisons_table(comparisons)}
+
+The difference is the first model's top-1 minus the second's; its interval resamples the same test
+images for both models (paired). McNemar's exact test asks whether the images that only one of the two
+gets right split more unevenly than a fair coin would; Holm's adjustment keeps the chance of calling any
+of the {len(comparisons)} gaps real by luck at {ALPHA:g} or less. With few such images (a small test split) the
+bootstrap interval is too narrow; trust the exact test. None of this covers another training seed:
+for that, train several (`python -m src.compare`, see the README).
 
 ## Training curves
 
@@ -109,6 +199,13 @@ Dashed: the {heldout} split, monitored after every epoch.
 ## Accuracy per superclass
 
 ![per-superclass accuracy]({links['superclass']})
+
+## Per-class precision, recall and F1
+
+From `plots/predictions/` (scikit-learn's `classification_report`): the ten classes with the highest
+and the ten with the lowest F1 of each model (the macro averages are in [Results](#results)).
+
+{per_class}
 
 ## Confusion matrices
 

@@ -120,6 +120,24 @@ def load_checkpoint(path: str | Path, expected_fingerprint: str) -> tuple[dict |
     return state, f"resuming from {path} after epoch {state['epoch']}"
 
 
+def resume_point(fingerprint: str, epochs_done: int, model, optimizer, ema, history: list[dict]) -> dict:
+    """The state a resumed run needs after `epochs_done` epochs (the EMA's too, when on)."""
+    state = {"fingerprint": fingerprint, "epoch": epochs_done, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "history": history}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    return state
+
+
+def restore(state: dict, model, optimizer, ema) -> list[dict]:
+    """Load a resume point into the live objects; returns the finished epochs' history."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    return state["history"]
+
+
 def load_model_file(path: str | Path) -> dict:
     """A models/<name>.pt file, refusing anything torch's weights_only loader refuses."""
     try:

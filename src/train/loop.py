@@ -11,6 +11,8 @@ from torch import nn
 from tqdm import tqdm
 
 from src.runtime import Runtime
+from src.train.ema import WeightAverage
+from src.train.mix import BatchMix
 from src.train.optim import get_lr, set_lr
 
 CHECK_EVERY = 50  # steps between loss checks: each check waits for the GPU, so not every step
@@ -25,27 +27,30 @@ class Diverged(Exception):
 @dataclass(frozen=True)
 class StepRecipe:
     label_smoothing: float
-    mixup_alpha: float
+    mix: BatchMix | None          # mixup / CutMix of the batch; None: off
     grad_clip_norm: float | None
+    ema: WeightAverage | None = None  # updated after every step; None: off
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                recipe: StepRecipe, runtime: Runtime, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward and update on one normalised batch; returns (loss, correct) as device tensors."""
-    if recipe.mixup_alpha > 0:
-        lam = float(rng.beta(recipe.mixup_alpha, recipe.mixup_alpha))
-        perm = torch.from_numpy(rng.permutation(len(x))).to(x.device, non_blocking=True)
-        x = lam * x + (1 - lam) * x[perm]
+    """Forward, backward and update on one normalised batch; returns (loss, correct) as device tensors.
+
+    `correct` counts predictions equal to the unmixed label.
+    """
+    targets = y
+    if recipe.mix is not None:
+        x, targets = recipe.mix(x, y, seed=int(rng.integers(2**63)))
     with runtime.autocast():
         logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-        if recipe.mixup_alpha > 0:
-            loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y[perm], label_smoothing=recipe.label_smoothing)
+        loss = F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if recipe.grad_clip_norm is not None:
         nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip_norm)
     optimizer.step()
+    if recipe.ema is not None:
+        recipe.ema.update()
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
@@ -57,7 +62,7 @@ def train_epoch(model, optimizer, batches, prepare, recipe: StepRecipe, runtime:
     Raises Diverged as soon as a check finds a non-finite loss.
     """
     model.train()
-    rng = np.random.default_rng([seed, epoch, 1])  # mixup draws: repeatable after a resume
+    rng = np.random.default_rng([seed, epoch, 1])  # mixup/CutMix draws: repeatable after a resume
     losses, corrects, lrs = [], [], []
     seen, checked, start = 0, 0, time.perf_counter()
     # On a GPU each check waits for the queued work, so check every CHECK_EVERY steps there.
