@@ -139,10 +139,18 @@ class RuntimeParams(Section):
     channels_last: AutoFlag = "auto"
     eval_batch_size: int = Field(default=1024, ge=1)
 
-    @field_validator("workers")
+    # One message for a value that fits neither side of a union (pydantic reports each side).
+    @field_validator("compile", "gpu_augment", "channels_last", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value):
+        if value != "auto" and not isinstance(value, bool):
+            raise ValueError("must be 'auto', true or false")
+        return value
+
+    @field_validator("workers", mode="before")
     @classmethod
     def _non_negative(cls, value):
-        if isinstance(value, int) and value < 0:
+        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             raise ValueError("must be 'auto' or a whole number >= 0")
         return value
 

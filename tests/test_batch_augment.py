@@ -121,7 +121,11 @@ def test_the_gpu_path_trains_on_cpu_with_compile_and_on_device_augmentation(prep
     the plumbing around them (train/eval switches, resume state, the model file) holds, and
     the model compiles once: no graph break, no recompilation between epochs and evaluations."""
     project = clone(prepared, tmp_path / "gpu-path")
-    project.set_params({"runtime.compile": True, "runtime.gpu_augment": True})
+    # Zero-initialised residuals: at width 4 and 45 steps with the standard init, held-out
+    # accuracy hangs on the trajectory (eager 10.3-10.7%, compiled 4.3% from float rounding
+    # alone, with the same training loss); identity blocks steady it (15%), so the > 10% check
+    # below tests the plumbing, not the luck of one trajectory.
+    project.set_params({"runtime.compile": True, "runtime.gpu_augment": True, "model.zero_init_residual": True})
     project.env["TORCH_LOGS"] = "recompiles,graph_breaks"  # dynamo logs each one to stderr
     result = train(project, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

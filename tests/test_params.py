@@ -43,7 +43,9 @@ BAD_INPUTS = [  # (key, value, words the one-line message must contain)
     ("train.ema_decay", 0, "greater than 0"),
     ("evaluate.hflip_tta", "maybe", "valid boolean"),
     ("runtime.precision", "fp16", "'auto', 'bf16' or 'fp32'"),
-    ("runtime.channels_last", "sometimes", "'auto'"),
+    ("runtime.channels_last", "sometimes", "'auto', true or false"),
+    ("runtime.compile", "yes", "'auto', true or false"),
+    ("runtime.workers", "many", "whole number >= 0"),
 ]
 
 
