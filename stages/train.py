@@ -106,6 +106,7 @@ def main() -> None:
     checkpoint.save({"architecture": name, "num_classes": 100, "width": params.model.width,
                      "state_dict": final.state_dict(), "ema": ema is not None, "params": training,
                      "prepared_data_hash": data_hash, "normalize": {"mean": mean.tolist(), "std": std.tolist()},
+                     "classes": json.loads(Path(f"{PREPARED}/classes.json").read_text())["fine"],
                      "history": history, "versions": checkpoint.versions()}, f"models/{name}.pt")
     Path(ckpt_path).unlink(missing_ok=True)  # finished: nothing to resume
     print(f"{name}: wrote models/{name}.pt ({json.dumps(history[-1])})")

@@ -22,6 +22,17 @@ machine:
   checkpoint_save_ms       a synchronous save of the resume checkpoint (model + optimizer)
   checkpoint_blocks_ms     what the stage's background saver makes the epoch wait instead
   peak_rss_mb, peak_gpu_mb peak memory of this process (and the GPU)
+
+    python tests/benchmark.py --classify --device cpu --width 64 --json
+
+With --classify it measures inference on image files instead, for each model (untrained
+weights at --width: speed only), as the median of --classify-runs warm calls, in ms:
+  <model>_png32_ms         `python -m src.classify`'s path for one 32x32 PNG: decode, to RGB,
+                           forward, top-5 (src/infer.py)
+  <model>_jpeg640_ms       the same for a 640x480 JPEG photo (decode and resize to 32x32 included)
+  <model>_forward_ms       the forward pass and softmax alone, on the decoded image
+  <model>_app_ms           app.py's round trip: gradio_client uploads the PNG to the app on a
+                           loopback port, /classify runs, the top-5 comes back
 """
 from __future__ import annotations
 
@@ -134,7 +145,13 @@ def main() -> None:
                         help="the project's layout (runtime.channels_last)")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--classify", action="store_true",
+                        help="measure the latency of classifying image files and of the app instead")
+    parser.add_argument("--classify-runs", type=int, default=30, help="timed calls per figure (--classify)")
     args = parser.parse_args()
+    if args.classify:
+        report(classify_latency(args.device, args.width, args.classify_runs), args.json)
+        return
 
     flag = {"auto": "auto", "true": True, "false": False}
     runtime = resolve(RuntimeParams(device=args.device, compile=flag[args.compile], precision=args.precision,
@@ -237,11 +254,72 @@ def main() -> None:
                                                 if "nhwc" in layouts else None)
     figures["config"] = {"device": runtime.describe(), "model": args.model, "width": args.width,
                          "batch_size": batch, "torch": str(torch.__version__)}
-    if args.json:
+    report(figures, args.json)
+
+
+def report(figures: dict, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(figures))
     else:
         for key, value in figures.items():
             print(f"{key:>40}: {value}")
+
+
+def median_ms(call, runs: int) -> float:
+    """Median wall time of `runs` calls after one untimed warm-up call, in ms."""
+    call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return round(1000 * statistics.median(times), 2)
+
+
+def classify_latency(device: str, width: int, runs: int) -> dict:
+    """The --classify figures (see the docstring); imports the app's stack only when asked."""
+    import gradio
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    import app
+    from src import infer
+    from src.params import MODELS
+
+    rng = np.random.default_rng(0)
+    figures = {}
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        png, jpeg = root / "image.png", root / "photo.jpg"
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(png)
+        Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(jpeg, quality=90)
+        runtime = infer.inference_runtime(device)
+        for name in MODELS:
+            path = infer.model_path(name, root)
+            path.parent.mkdir(exist_ok=True)
+            checkpoint.save({"architecture": name, "num_classes": 100, "width": width,
+                             "state_dict": build_model(name, width=width).state_dict(),
+                             "normalize": {"mean": MEAN, "std": STD},
+                             "classes": [f"class {i}" for i in range(100)], "params": {"width": width}}, path)
+            classifier = infer.load_classifier(path, runtime)
+            pixels = infer.load_image(png)
+            for key, image in (("png32", png), ("jpeg640", jpeg)):
+                figures[f"{name}_{key}_ms"] = median_ms(lambda: classifier.top(infer.load_image(image), 5), runs)
+            figures[f"{name}_forward_ms"] = median_ms(lambda: classifier.probabilities(pixels[None]), runs)
+        # The app in this process, on a loopback port; its models are the files just written.
+        demo = app.build(root, root)
+        _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
+        try:
+            client = Client(url, verbose=False)
+            for name in MODELS:
+                figures[f"{name}_app_ms"] = median_ms(
+                    lambda: client.predict(handle_file(str(png)), name, api_name="/classify"), runs)
+        finally:
+            demo.close()
+    figures["config"] = {"device": runtime.describe(), "width": width, "runs": runs,
+                         "torch": str(torch.__version__), "gradio": gradio.__version__,
+                         "threads": torch.get_num_threads()}
+    return figures
 
 
 if __name__ == "__main__":

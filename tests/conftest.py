@@ -325,6 +325,21 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 TRAIN_STAGES = {"train-resnet18", "train-resnet34", "train-resnet50"}
 
 
+def run_queue(project: Project, jobs: int, expected: int, timeout: float) -> str:
+    """`dvc queue start -j jobs`, wait until nothing is queued or running; assert `expected`
+    tasks succeeded and return the last `dvc queue status`."""
+    ok(project.dvc("queue", "start", "-j", str(jobs)))
+    deadline = time.monotonic() + timeout
+    while True:
+        status = ok(project.dvc("queue", "status")).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)  # each status call costs a core-second
+    assert status.count("Success") == expected, status
+    return status
+
+
 def ran_stages(output: str) -> set[str]:
     """The stages a `dvc repro` / `dvc exp run` output says it ran."""
     return set(re.findall(r"Running stage '([\w-]+)'", output))

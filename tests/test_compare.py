@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
 
 import pytest
 import yaml
 
-from conftest import Project, copy_working_tree, ok, tiny_repo
+from conftest import Project, copy_working_tree, ok, run_queue, tiny_repo
 from src.params import MODELS
 
 SEEDS = (0, 1, 2)
@@ -39,15 +38,7 @@ def study(tmp_path_factory, cifar_archive, http_server):
     project.git("add", "-A")
     ok(project.git("commit", "-q", "-m", "baseline"))
     ok(project.dvc("exp", "run", "--queue", "-S", f"seed={','.join(str(s) for s in SEEDS)}"))
-    ok(project.dvc("queue", "start", "-j", "2"))
-    deadline = time.monotonic() + 1500
-    while True:
-        status = ok(project.dvc("queue", "status")).stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(5)  # each status call costs a core-second
-    assert status.count("Success") == len(SEEDS), status
+    run_queue(project, jobs=2, expected=len(SEEDS), timeout=1500)
     yield project
     project.dvc("queue", "stop")
 

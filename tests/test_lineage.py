@@ -86,8 +86,9 @@ def test_no_train_stage_depends_on_evaluate_or_report_code(name):
         assert not re.search(r"(evaluate|report)", dep), f"{name} depends on {dep}"
 
 
-# User commands (`python -m src.compare`): they read the pipeline's results, no stage runs them.
-COMMANDS = {ROOT / "src" / "compare.py"}
+# User commands (`python -m src.compare`, `python -m src.classify`) and the inference code only they
+# and app.py share: they read the pipeline's results, no stage runs them.
+COMMANDS = {ROOT / "src" / "compare.py", ROOT / "src" / "classify.py", ROOT / "src" / "infer.py"}
 
 
 def test_every_project_module_is_used_by_some_stage():

@@ -3,11 +3,10 @@ each gives the same metrics as that experiment run alone."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from conftest import TRAIN_STAGES, ok, ran_stages, tiny_repo
+from conftest import TRAIN_STAGES, ok, ran_stages, run_queue, tiny_repo
 
 LRS = ("0.05", "0.2")  # two experiments, run at the same time by two queue workers
 ACCURACY_FILES = ("resnet18.json", "resnet34.json", "resnet50.json", "summary.json")
@@ -36,15 +35,7 @@ def test_queued_experiments_run_two_at_a_time_match_runs_alone(repo):
         assert ran_stages(alone.stdout) >= TRAIN_STAGES, alone.stdout
     for lr in LRS:
         ok(repo.dvc("exp", "run", "--queue", "-n", f"queued-{lr}", "-S", f"lr={lr}", "-S", "runtime.workers=1"))
-    ok(repo.dvc("queue", "start", "-j", "2"))
-    deadline = time.monotonic() + 900
-    while True:
-        status = ok(repo.dvc("queue", "status")).stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(5)  # each status call costs a core-second
-    assert status.count("Success") == len(LRS), status
+    run_queue(repo, jobs=2, expected=len(LRS), timeout=900)
     for lr in LRS:  # the queued runs trained (their logs are DVC's record of each task)
         log = ok(repo.dvc("queue", "logs", f"queued-{lr}")).stdout
         assert ran_stages(log) >= TRAIN_STAGES, log[-3000:]
