@@ -112,10 +112,9 @@ def per_class_section(scores: dict[str, tuple]) -> str:
     """
     parts = []
     for model, (best, worst) in scores.items():
-        rows = [[f"best {i + 1}", r["class"], f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['f1']:.2f}",
-                 str(r["images"])] for i, r in enumerate(best.to_dict("records"))]
-        rows += [[f"worst {i + 1}", r["class"], f"{r['precision']:.2f}", f"{r['recall']:.2f}",
-                  f"{r['f1']:.2f}", str(r["images"])] for i, r in enumerate(worst.to_dict("records"))]
+        rows = [[f"{rank} {i + 1}", r["class"], f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['f1']:.2f}",
+                 str(r["images"])]
+                for rank, part in (("best", best), ("worst", worst)) for i, r in enumerate(part.to_dict("records"))]
         parts.append(f"### {TITLES.get(model, model)}\n\n"
                      + table(["rank (F1)", "class", "precision (%)", "recall (%)", "F1 (%)", "test images"],
                              rows, align="llrrrr"))
