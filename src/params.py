@@ -130,7 +130,9 @@ AutoFlag = Union[Literal["auto"], bool]
 
 
 class RuntimeParams(Section):
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    device: str = "auto"
+    nproc_per_node: Union[Literal["auto"], int] = "auto"
+    sync_batchnorm: AutoFlag = "auto"
     compile: AutoFlag = "auto"
     gpu_augment: AutoFlag = "auto"
     workers: Union[Literal["auto"], int] = "auto"
@@ -139,8 +141,15 @@ class RuntimeParams(Section):
     channels_last: AutoFlag = "auto"
     eval_batch_size: int = Field(default=1024, ge=1)
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cuda|cuda:\d+|mps|cpu", value):
+            raise ValueError("must be auto, cuda, cuda:N (one GPU by index), mps or cpu")
+        return value
+
     # One message for a value that fits neither side of a union (pydantic reports each side).
-    @field_validator("compile", "gpu_augment", "channels_last", mode="before")
+    @field_validator("compile", "gpu_augment", "channels_last", "sync_batchnorm", mode="before")
     @classmethod
     def _auto_or_bool(cls, value):
         if value != "auto" and not isinstance(value, bool):
@@ -153,6 +162,22 @@ class RuntimeParams(Section):
         if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             raise ValueError("must be 'auto' or a whole number >= 0")
         return value
+
+    @field_validator("nproc_per_node", mode="before")
+    @classmethod
+    def _positive(cls, value):
+        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError("must be 'auto' (one per visible GPU, 1 without CUDA) or a whole number >= 1")
+        return value
+
+    @model_validator(mode="after")
+    def _one_gpu_one_process(self) -> "RuntimeParams":
+        if self.device.startswith("cuda:") and self.nproc_per_node not in ("auto", 1):
+            raise ValueError(
+                f"runtime.device = {self.device} picks one GPU, so runtime.nproc_per_node must be 1 or "
+                f"auto, not {self.nproc_per_node}. Use runtime.device=cuda (or auto) to train on "
+                "several GPUs, and CUDA_VISIBLE_DEVICES to choose which")
+        return self
 
 
 class Params(Section):

@@ -44,8 +44,10 @@ class Runtime:
                 f"compile={self.compile}, gpu_augment={self.gpu_augment}, workers={self.workers}")
 
 
-def resolve(params: RuntimeParams) -> Runtime:
-    device = _pick_device(params.device)
+def resolve(params: RuntimeParams, local_rank: int = 0, local_processes: int = 1) -> Runtime:
+    """The runtime of one process; with several on a node, process `local_rank` takes GPU
+    `local_rank` (cuda) and a share of the loader workers."""
+    device = _pick_device(params.device, local_rank)
     cuda = device.type == "cuda"
     if params.deterministic and cuda:
         # cuBLAS needs this for deterministic matmuls; must be set before the first cuBLAS call.
@@ -68,7 +70,7 @@ def resolve(params: RuntimeParams) -> Runtime:
         compile=compile_,
         # true also holds off a GPU: the same on-device path then runs on the CPU (tests use it).
         gpu_augment=cuda if params.gpu_augment == "auto" else params.gpu_augment,
-        workers=default_workers() if params.workers == "auto" else params.workers,
+        workers=default_workers(local_processes) if params.workers == "auto" else params.workers,
         channels_last=channels_last,
         amp_dtype=_amp_dtype(params.precision, device),
     )
@@ -95,20 +97,45 @@ def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
-def _pick_device(choice: str) -> torch.device:
+def _pick_device(choice: str, local_rank: int = 0) -> torch.device:
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
-    if choice == "auto":
-        choice = next(name for name, ok in available.items() if ok)
-    elif not available[choice]:
-        raise UserError(f"runtime.device = {choice!r} but no {choice} device is available here: "
+    kind, _, index = choice.partition(":")
+    if kind == "auto":
+        kind = next(name for name, ok in available.items() if ok)
+    elif not available[kind]:
+        raise UserError(f"runtime.device = {choice!r} but no {kind} device is available here: "
                         "use `-S runtime.device=auto` (cuda, then mps, then cpu)")
-    return torch.device(choice)
+    if kind != "cuda":
+        return torch.device(kind)
+    if index and int(index) >= torch.cuda.device_count():
+        raise UserError(f"runtime.device = {choice!r} but only {torch.cuda.device_count()} GPU(s) are "
+                        f"visible here (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): "
+                        f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return torch.device("cuda", int(index) if index else local_rank)
 
 
-def default_workers() -> int:
-    """One core stays with the training process; more than 8 workers rarely pays at 32x32."""
+def processes_per_node(params: RuntimeParams) -> int:
+    """runtime.nproc_per_node resolved: auto is one per visible GPU with CUDA (device auto or
+    cuda), else 1."""
+    kind = _pick_device(params.device).type  # also: a clear error for a device that is not here
+    cuda = kind == "cuda" and ":" not in params.device
+    if params.nproc_per_node == "auto":
+        return torch.cuda.device_count() if cuda else 1
+    if params.nproc_per_node > 1 and kind == "mps":
+        raise UserError("runtime.nproc_per_node > 1 needs cuda or cpu: PyTorch has no process group "
+                        "backend for mps. Use `-S runtime.nproc_per_node=1`")
+    if cuda and params.nproc_per_node > torch.cuda.device_count():
+        raise UserError(f"runtime.nproc_per_node = {params.nproc_per_node} but only "
+                        f"{torch.cuda.device_count()} GPU(s) are visible: one process per GPU. Use "
+                        f"`-S runtime.nproc_per_node=auto` (or {torch.cuda.device_count()})")
+    return params.nproc_per_node
+
+
+def default_workers(local_processes: int = 1) -> int:
+    """Each training process keeps one core; its share of the others, at most 8, load batches
+    (more rarely pays at 32x32)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
+    return max(1, min(8, cores // local_processes - 1))
 
 
 def seed_everything(seed: int) -> None:

@@ -8,13 +8,15 @@ Out: models/<name>.pt         final weights (the EMA of the weights with train.e
                               params, data hash and versions that made them
      plots/train/<name>/      per-epoch curves (DVCLive)
 Resumes from checkpoints/<name>.pt after an interruption when nothing that matters changed.
+With runtime.nproc_per_node > 1 (or under torchrun) it trains in several processes
+(src/train/distributed.py); rank 0 writes every output, in the single-process format.
 """
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
-from dvclive import Live
 
 from src.augment import pipelines
 from src.cli import UserError, run
@@ -23,8 +25,9 @@ from src.data.normalize import Normalizer
 from src.models.resnet import ARCHITECTURES, build_model
 from src.params import Params, load_params
 from src.predict import loss_and_accuracy, predict_logits
-from src.runtime import Runtime, resolve, seed_everything
-from src.train import checkpoint
+from src.runtime import Runtime, processes_per_node, resolve, seed_everything
+from src.train import checkpoint, distributed
+from src.train.curves import epoch_log
 from src.train.data import make_batches
 from src.train.ema import WeightAverage
 from src.train.loop import Diverged, StepRecipe, train_epoch
@@ -39,43 +42,64 @@ def main() -> None:
     parser.add_argument("--model", required=True, choices=sorted(ARCHITECTURES))
     name = parser.parse_args().model
     params = load_params()
-    recipe, runtime = params.recipe(name), resolve(params.runtime)
-    seed_everything(params.seed)
-    print(f"{name}: training on {runtime.describe()}")
+    if not distributed.started_by_launcher() and (nproc := processes_per_node(params.runtime)) > 1:
+        distributed.check_global_batch(params.batch_size, nproc)
+        print(f"{name}: starting {nproc} training processes (torch.distributed elastic launcher)")
+        distributed.launch(nproc, ["-m", "stages.train", "--model", name], what=name,
+                           after_a_kill="Run `dvc repro` again: training resumes from the last finished epoch.")
+        return
+    processes = distributed.from_environment()  # one process, or one of a torchrun job
+    distributed.check_global_batch(params.batch_size, processes.world_size)
+    runtime = resolve(params.runtime, processes.local_rank, processes.local_world_size)
+    with distributed.process_group(processes, runtime.device):
+        train(name, params, runtime, processes)
 
-    train = splits.load(f"{PREPARED}/train.npz")
+
+def train(name: str, params: Params, runtime: Runtime, processes: distributed.Processes) -> None:
+    recipe, main_process = params.recipe(name), processes.is_main
+    seed_everything(params.seed)
+    if processes.world_size > 1:
+        print(f"{name}: process rank {processes.rank} of {processes.world_size} (pid {os.getpid()}) on "
+              f"{runtime.device}", flush=True)
+    if main_process:  # rank 0 speaks and writes for the job
+        print(f"{name}: training on {runtime.describe()}")
+    train_split = splits.load(f"{PREPARED}/train.npz")
     heldout_split = "val" if params.data.val_size > 0 else "test"
-    heldout = splits.load(f"{PREPARED}/{heldout_split}.npz")
+    heldout = splits.load(f"{PREPARED}/{heldout_split}.npz") if main_process else None
     transform = "train_autoaugment" if recipe.autoaugment else "train"
     augment, mean, std = pipelines.split_normalize(pipelines.load(f"{PREPARED}/transform_{transform}.json"))
     normalize = Normalizer(mean, std, runtime.device, runtime.channels_last)
-    batches = make_batches(train["images"], train["fine_labels"], augment, params.batch_size,
-                           params.seed, runtime)
+    global_batch = min(params.batch_size, len(train_split["fine_labels"]))
+    batches = make_batches(train_split["images"], train_split["fine_labels"], augment, params.batch_size,
+                           params.seed, runtime, shard=processes.shard(global_batch))
 
     model = build_model(name, width=params.model.width, zero_init_residual=params.model.zero_init_residual,
                         dropout=params.model.dropout).to(runtime.device, memory_format=runtime.memory_format)
+    model, forward = distributed.wrap(model, processes, params.runtime.sync_batchnorm is not False)
     optimizer = build_optimizer(model, params.train, runtime.device)
     ema = WeightAverage(model, params.train.ema_decay, params.train.ema_warmup) if params.train.ema_decay else None
     final = ema.module if ema else model  # what is evaluated and written to models/<name>.pt
     epochs, peak_lr, steps = params.model_epochs(name), params.model_lr(name), len(batches)
-    training = _training_record(name, params, runtime, transform, heldout_split)
+    training = checkpoint.training_record(name, params, runtime, processes.world_size, transform, heldout_split)
     data_hash = checkpoint.data_hash(PREPARED)
     ckpt_path = f"checkpoints/{name}.pt"
     fingerprint = checkpoint.fingerprint(training, data_hash)  # params, data and code of this run
-    state, message = checkpoint.load_checkpoint(ckpt_path, fingerprint)
-    print(f"{name}: {message}")
+    # Rank 0 reads the resume point and hands it to the others (their disks may not have it).
+    state, message = distributed.broadcast(checkpoint.load_checkpoint(ckpt_path, fingerprint)
+                                           if main_process else None, processes)
     history = checkpoint.restore(state, model, optimizer, ema) if state else []
 
     # Warmup never takes more than half the run (short test runs would never reach the peak).
     warmup_steps = min(round(params.train.warmup_epochs * steps), epochs * steps // 2)
-    forward = torch.compile(model) if runtime.compile else model
+    forward = torch.compile(forward) if runtime.compile else forward
     step_recipe = StepRecipe(params.train.label_smoothing, _batch_mix(params, name, runtime),
                              params.train.grad_clip_norm, ema)
     saver = checkpoint.BackgroundSaver()  # resume points, written while the next epoch trains
     prepare = lambda images, labels: (normalize(images), labels.to(runtime.device, non_blocking=True))  # noqa: E731
-    with Live(dir=f"plots/train/{name}", dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        for row in history:  # a resumed run re-logs the finished epochs: one complete curve
-            _log(live, row)
+    with epoch_log(name, epochs, heldout_split, ema is not None, main_process) as log:
+        if main_process:
+            print(f"{name}: {message}")
+        log.replay(history)
         for epoch in range(len(history), epochs):
             batches.set_epoch(epoch)
             try:
@@ -83,58 +107,36 @@ def main() -> None:
                                   epoch=epoch, epochs=epochs, first_step=epoch * steps,
                                   total_steps=epochs * steps, warmup_steps=warmup_steps,
                                   peak_lr=peak_lr, schedule=params.train.schedule,
-                                  seed=params.seed, desc=name)
+                                  seed=params.seed, desc=name, progress=main_process)
             except Diverged as error:
                 raise UserError(f"{name} diverged: {error}. Lower the learning rate (e.g. `dvc exp run "
                                 f"-S lr={params.lr / 2:g}`), lengthen train.warmup_epochs or set "
                                 "train.grad_clip_norm. No weights were written.") from None
+            if not main_process:
+                continue
             # Eager, not `forward`: compiling the eval graph (and again for the last, smaller
             # batch) would cost more than it saves on 10,000 images per epoch.
             logits = predict_logits(final, heldout["images"], normalize, runtime, params.runtime.eval_batch_size)
             row["heldout_loss"], row["heldout_acc"] = loss_and_accuracy(logits, heldout["fine_labels"])
             history.append(row)
-            _log(live, row)
+            log.record(epoch, row)
             saver.submit(checkpoint.resume_point(fingerprint, epoch + 1, model, optimizer, ema, history),
                          ckpt_path)
-            print(f"{name} epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.3f} acc "
-                  f"{row['train_acc']:.1f}% | {heldout_split} loss {row['heldout_loss']:.3f} acc "
-                  f"{row['heldout_acc']:.1f}%{' (EMA)' if ema else ''} | {row['images_per_s']:.0f} img/s")
-        live.summary["heldout_split"] = heldout_split + ("" if heldout_split == "val" else
-                                                         " (monitoring only, nothing selected on it)")
-
-    saver.wait()  # the last resume point is complete before the model file makes it obsolete
-    checkpoint.save({"architecture": name, "num_classes": 100, "width": params.model.width,
-                     "state_dict": final.state_dict(), "ema": ema is not None, "params": training,
-                     "prepared_data_hash": data_hash, "normalize": {"mean": mean.tolist(), "std": std.tolist()},
-                     "classes": json.loads(Path(f"{PREPARED}/classes.json").read_text())["fine"],
-                     "history": history, "versions": checkpoint.versions()}, f"models/{name}.pt")
-    Path(ckpt_path).unlink(missing_ok=True)  # finished: nothing to resume
-    print(f"{name}: wrote models/{name}.pt ({json.dumps(history[-1])})")
-
-
-def _training_record(name: str, params: Params, runtime: Runtime, transform: str, heldout: str) -> dict:
-    """What made the weights: stored in the model file, and hashed into the resume fingerprint."""
-    return {"model": name, "seed": params.seed, "lr": params.model_lr(name), "epochs": params.model_epochs(name),
-            "batch_size": params.batch_size, "width": params.model.width,
-            "zero_init_residual": params.model.zero_init_residual, "dropout": params.model.dropout,
-            "recipe": params.recipe(name).model_dump(), "train": params.train.model_dump(),
-            "transform": transform, "heldout": heldout,
-            "runtime": {"device": runtime.device.type, "compile": runtime.compile,
-                        "gpu_augment": runtime.gpu_augment, "precision": runtime.precision,
-                        "channels_last": runtime.channels_last,
-                        "deterministic": params.runtime.deterministic}}
+    if main_process:
+        saver.wait()  # the last resume point is complete before the model file makes it obsolete
+        checkpoint.save({"architecture": name, "num_classes": 100, "width": params.model.width,
+                         "state_dict": final.state_dict(), "ema": ema is not None, "params": training,
+                         "prepared_data_hash": data_hash, "normalize": {"mean": mean.tolist(), "std": std.tolist()},
+                         "classes": json.loads(Path(f"{PREPARED}/classes.json").read_text())["fine"],
+                         "history": history, "versions": checkpoint.versions()}, f"models/{name}.pt")
+        Path(ckpt_path).unlink(missing_ok=True)  # finished: nothing to resume
+        print(f"{name}: wrote models/{name}.pt ({json.dumps(history[-1])})")
 
 
 def _batch_mix(params: Params, name: str, runtime: Runtime) -> BatchMix | None:
     recipe = params.recipe(name)
     return BatchMix.build(recipe.mixup_alpha, recipe.cutmix_alpha, recipe.cutmix_prob, num_classes=100,
                           memory_format=runtime.memory_format)
-
-
-def _log(live: Live, row: dict) -> None:
-    for key in ("train_loss", "train_acc", "heldout_loss", "heldout_acc", "lr"):
-        live.log_metric(key.replace("_", "/", 1), row[key])
-    live.next_step()
 
 
 if __name__ == "__main__":

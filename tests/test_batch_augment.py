@@ -136,6 +136,7 @@ def test_the_gpu_path_trains_on_cpu_with_compile_and_on_device_augmentation(prep
     state = weights(project)
     assert state["params"]["runtime"] == {"device": "cpu", "compile": True, "gpu_augment": True,
                                           "precision": "fp32", "deterministic": False,
+                                          "processes": 1, "sync_batchnorm": False,
                                           "channels_last": resolve(RuntimeParams(device="cpu")).channels_last}
     # The file holds the plain module's weights (no torch.compile `_orig_mod.` prefix), so
     # evaluate and any user load them into an uncompiled model.

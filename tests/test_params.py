@@ -32,7 +32,15 @@ BAD_INPUTS = [  # (key, value, words the one-line message must contain)
     ("model.resnet18.mixup_alpha", -0.2, "greater than or equal to 0"),
     ("train.schedule", "step", "'cosine' or 'onecycle'"),
     ("train.momentum", 1.0, "less than 1"),
-    ("runtime.device", "tpu", "'auto', 'cuda', 'mps' or 'cpu'"),
+    ("runtime.device", "tpu", "auto, cuda, cuda:N (one GPU by index), mps or cpu"),
+    ("runtime.device", "cuda:x", "cuda:N"),
+    ("runtime.device", "cuda:-1", "cuda:N"),
+    ("runtime.device", "gpu:0", "cuda:N"),
+    ("runtime.nproc_per_node", 0, "whole number >= 1"),
+    ("runtime.nproc_per_node", "2", "whole number >= 1"),
+    ("runtime.nproc_per_node", True, "whole number >= 1"),
+    ("runtime.nproc_per_node", 1.5, "whole number >= 1"),
+    ("runtime.sync_batchnorm", "on", "'auto', true or false"),
     ("runtime.workers", -2, "whole number >= 0"),
     ("model.depth", 101, "unknown key 'model.depth'"),
     ("model.zero_init_residual", "no", "valid boolean"),
@@ -78,6 +86,17 @@ def test_bad_value_names_key_value_and_what_is_allowed(key, value, allowed):
     assert key in message and allowed in message
     if "unknown key" not in allowed and key != "data.val_size":
         assert repr(value) in message
+
+
+def test_one_gpu_by_index_means_one_process():
+    raw = with_value(with_value(default_raw(), "runtime.device", "cuda:1"), "runtime.nproc_per_node", 2)
+    with pytest.raises(UserError, match=r"runtime.device = cuda:1 picks one GPU, so runtime.nproc_per_node "
+                                        r"must be 1 or auto, not 2"):
+        parse_params(raw)
+    for nproc in ("auto", 1):
+        params = parse_params(with_value(with_value(default_raw(), "runtime.device", "cuda:1"),
+                                         "runtime.nproc_per_node", nproc))
+        assert params.runtime.device == "cuda:1"
 
 
 def test_val_size_counts_against_the_train_limit():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import TRAIN_STAGES, ok, ran_stages, run_queue, tiny_repo
 
@@ -44,4 +45,24 @@ def test_queued_experiments_run_two_at_a_time_match_runs_alone(repo):
         for name in ACCURACY_FILES:
             assert queued[name] == alone[name], f"lr={lr}: metrics/{name} differs in the queue"
         assert json.loads(alone["summary.json"]) != {}
+    ok(repo.dvc("queue", "stop"))
+
+
+def test_queued_experiments_pinned_one_per_gpu(repo):
+    """The README's way to spread N queued experiments over N GPUs: each pinned with
+    runtime.device=cuda:K. Where there are not two GPUs, each fails with the device error."""
+    names = {"cuda:0": "on-gpu0", "cuda:1": "on-gpu1"}
+    for device, name in names.items():
+        ok(repo.dvc("exp", "run", "--queue", "-n", name, "-S", f"runtime.device={device}"))
+    on_gpus = torch.cuda.device_count() >= len(names)
+    status = run_queue(repo, jobs=len(names), expected=len(names) if on_gpus else 0, timeout=900)
+    for device, name in names.items():
+        if on_gpus:  # each model file records the GPU that trained it
+            ok(repo.dvc("exp", "apply", name))
+            model = torch.load(repo.root / "models" / "resnet18.pt", weights_only=True)
+            assert model["params"]["runtime"]["device"] == device
+        else:
+            log = ok(repo.dvc("queue", "logs", name)).stdout
+            assert f"runtime.device = '{device}' but no cuda device is available here" in log, log[-3000:]
+    assert status.count("Failed") == (0 if on_gpus else len(names)), status
     ok(repo.dvc("queue", "stop"))

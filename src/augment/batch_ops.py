@@ -15,7 +15,7 @@ albumentations, image by image, in the workers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import albumentations as A
 import cv2
@@ -35,6 +35,10 @@ class Draws:
     cutout: torch.Tensor     # bool
     hole_y: torch.Tensor
     hole_x: torch.Tensor
+
+    def take(self, part: slice) -> "Draws":
+        """The draws of some of the images (one training process's share of a batch)."""
+        return Draws(*(getattr(self, f.name)[part] for f in fields(self)))
 
 
 @dataclass(frozen=True)
@@ -113,14 +117,15 @@ class DeviceBatches:
     """Training batches drawn from a split kept on the device, augmented there.
 
     Same contract as the loader in src/train/data.py: set_epoch(), len(), and
-    (uint8 NHWC images, labels) batches, repeatable from (seed, epoch).
+    (uint8 NHWC images, labels) batches, repeatable from (seed, epoch); `shard`: the part of
+    each batch this training process takes.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, augment: CropFlipCutout,
-                 batch_size: int, seed: int, device: torch.device):
+                 batch_size: int, seed: int, device: torch.device, shard: slice = slice(None)):
         self.images = torch.from_numpy(images).to(device)
         self.labels = torch.from_numpy(labels).to(device)
-        self.augment, self.seed, self.device = augment, seed, device
+        self.augment, self.seed, self.device, self.shard = augment, seed, device, shard
         self.batch_size, self.epoch = min(batch_size, len(images)), 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -135,5 +140,6 @@ class DeviceBatches:
         order = torch.randperm(len(self.images), generator=generator, device=self.device)
         for i in range(len(self)):
             index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            draws = self.augment.draw(len(index), generator, self.device)
+            draws = self.augment.draw(len(index), generator, self.device).take(self.shard)
+            index = index[self.shard]  # drawn for the whole batch: the same images at any process count
             yield self.augment.apply(self.images[index], draws), self.labels[index]

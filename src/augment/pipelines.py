@@ -67,6 +67,12 @@ def split_normalize(pipeline: A.Compose) -> tuple[A.Compose, np.ndarray, np.ndar
     return uint8_part, np.asarray(normalize.mean, np.float32), np.asarray(normalize.std, np.float32)
 
 
-def augment_batch(pipeline: A.Compose, images: np.ndarray) -> np.ndarray:
-    """Apply a uint8 pipeline to each image of a (N, H, W, C) batch."""
-    return np.stack([pipeline(image=image)["image"] for image in images])
+def augment_batch(pipeline: A.Compose, images: np.ndarray, seeds=None) -> np.ndarray:
+    """Apply a uint8 pipeline to each image of a (N, H, W, C) batch; `seeds`: one per image,
+    so an image's augmentation does not depend on the images before it."""
+    out = []
+    for i, image in enumerate(images):
+        if seeds is not None:
+            pipeline.set_random_seed(int(seeds[i]))
+        out.append(pipeline(image=image)["image"])
+    return np.stack(out)

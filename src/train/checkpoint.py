@@ -19,6 +19,8 @@ import torch
 import torchvision
 
 from src.cli import UserError, staged_file
+from src.params import Params
+from src.runtime import Runtime
 
 
 def files_md5(paths: list[Path]) -> str:
@@ -41,6 +43,21 @@ def code_hash() -> str:
     files = {Path(module.__file__) for name, module in list(sys.modules.items())
              if name.split(".")[0] in ("src", "stages") and getattr(module, "__file__", None)}
     return files_md5(list(files))
+
+
+def training_record(name: str, params: Params, runtime: Runtime, processes: int, transform: str,
+                    heldout: str) -> dict:
+    """What made the weights: stored in the model file, and hashed into the resume fingerprint."""
+    return {"model": name, "seed": params.seed, "lr": params.model_lr(name), "epochs": params.model_epochs(name),
+            "batch_size": params.batch_size, "width": params.model.width,
+            "zero_init_residual": params.model.zero_init_residual, "dropout": params.model.dropout,
+            "recipe": params.recipe(name).model_dump(), "train": params.train.model_dump(),
+            "transform": transform, "heldout": heldout,
+            "runtime": {"device": str(runtime.device), "compile": runtime.compile,
+                        "gpu_augment": runtime.gpu_augment, "precision": runtime.precision,
+                        "channels_last": runtime.channels_last, "processes": processes,
+                        "sync_batchnorm": processes > 1 and params.runtime.sync_batchnorm is not False,
+                        "deterministic": params.runtime.deterministic}}
 
 
 def fingerprint(training_params: dict, prepared_hash: str) -> str:

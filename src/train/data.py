@@ -5,7 +5,9 @@ the worker augments those images as uint8 and returns one tensor. The standard
 crop/flip/cutout runs as one batch op (src/augment/batch_ops.py, the same as on the
 GPU); other pipelines (AutoAugment) run through albumentations image by image.
 Seeding per batch from (seed, epoch, batch) makes the images independent of the
-number of workers and exactly repeatable after a resume. Normalisation (and, with
+number of workers and exactly repeatable after a resume. With several training processes
+each takes its `shard` of every batch, augmented with the draws a single process makes for
+those images, so the global batch is the single-process one. Normalisation (and, with
 runtime.gpu_augment, the whole crop/flip/cutout) happens on the training device.
 """
 from __future__ import annotations
@@ -42,8 +44,8 @@ class EpochBatches(Sampler):
 class AugmentedBatches(Dataset):
     """Images and labels of a split; indexing by (seed, indices) returns an augmented batch."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, pipeline=None):
-        self.images, self.labels, self.pipeline = images, labels, pipeline
+    def __init__(self, images: np.ndarray, labels: np.ndarray, pipeline=None, shard: slice = slice(None)):
+        self.images, self.labels, self.pipeline, self.shard = images, labels, pipeline, shard
         self.batch_op = None if pipeline is None else CropFlipCutout.from_pipeline(pipeline)
 
     def __len__(self) -> int:
@@ -52,13 +54,18 @@ class AugmentedBatches(Dataset):
     def __getitem__(self, item):
         batch_seed, indices = item
         indices = np.sort(indices)  # sorted reads are faster; the batch order does not matter
-        images = torch.from_numpy(self.images[indices])
+        # Every draw is made for the whole batch, then this process's shard is taken.
         if self.batch_op is not None:
-            draws = self.batch_op.draw(len(images), torch.Generator().manual_seed(batch_seed), images.device)
-            images = self.batch_op.apply(images, draws)
+            draws = self.batch_op.draw(len(indices), torch.Generator().manual_seed(batch_seed), torch.device("cpu"))
+            indices, draws = indices[self.shard], draws.take(self.shard)
+            images = self.batch_op.apply(torch.from_numpy(self.images[indices]), draws)
         elif self.pipeline is not None:
-            self.pipeline.set_random_seed(batch_seed)
-            images = torch.from_numpy(pipelines.augment_batch(self.pipeline, images.numpy()))
+            image_seeds = np.random.default_rng(batch_seed).integers(0, 2**31, len(indices))[self.shard]
+            indices = indices[self.shard]
+            images = torch.from_numpy(pipelines.augment_batch(self.pipeline, self.images[indices], image_seeds))
+        else:
+            indices = indices[self.shard]
+            images = torch.from_numpy(self.images[indices])
         return images, torch.from_numpy(self.labels[indices])
 
 
@@ -66,10 +73,10 @@ class LoaderBatches:
     """Batches augmented in DataLoader workers (the batch op, or albumentations image by image)."""
 
     def __init__(self, images, labels, pipeline, batch_size: int, seed: int, workers: int,
-                 pin_memory: bool):
+                 pin_memory: bool, shard: slice = slice(None)):
         self.sampler = EpochBatches(len(images), batch_size, seed)
         self.loader = DataLoader(
-            AugmentedBatches(images, labels, pipeline), sampler=self.sampler, batch_size=None,
+            AugmentedBatches(images, labels, pipeline, shard), sampler=self.sampler, batch_size=None,
             num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
         )
@@ -85,13 +92,14 @@ class LoaderBatches:
 
 
 def make_batches(images: np.ndarray, labels: np.ndarray, pipeline, batch_size: int, seed: int,
-                 runtime: Runtime):
-    """The training batches: on-device augmentation when asked and possible, else workers."""
+                 runtime: Runtime, shard: slice = slice(None)):
+    """The training batches (this process's `shard` of each): on-device augmentation when
+    asked and possible, else workers."""
     if runtime.gpu_augment:
         augment = CropFlipCutout.from_pipeline(pipeline)
         if augment is not None:
-            return DeviceBatches(images, labels, augment, batch_size, seed, runtime.device)
+            return DeviceBatches(images, labels, augment, batch_size, seed, runtime.device, shard)
         print("runtime.gpu_augment: this pipeline has steps beyond crop/flip/cutout; "
               "augmenting in DataLoader workers instead")
     return LoaderBatches(images, labels, pipeline, batch_size, seed, runtime.workers,
-                         pin_memory=runtime.device.type == "cuda")
+                         pin_memory=runtime.device.type == "cuda", shard=shard)

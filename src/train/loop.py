@@ -11,6 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from src.runtime import Runtime
+from src.train.distributed import all_sum
 from src.train.ema import WeightAverage
 from src.train.mix import BatchMix
 from src.train.optim import get_lr, set_lr
@@ -56,10 +57,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 def train_epoch(model, optimizer, batches, prepare, recipe: StepRecipe, runtime: Runtime, *,
                 epoch: int, epochs: int, first_step: int, total_steps: int, warmup_steps: int,
-                peak_lr: float, schedule: str, seed: int, desc: str) -> dict:
+                peak_lr: float, schedule: str, seed: int, desc: str, progress: bool = True) -> dict:
     """Train for one pass over `batches` (uint8 images, labels); `prepare` makes model inputs.
 
-    Raises Diverged as soon as a check finds a non-finite loss.
+    With several processes the figures returned are those of the global batches; `progress`:
+    show a progress bar (rank 0 does). Raises Diverged as soon as a check finds a non-finite loss.
     """
     model.train()
     rng = np.random.default_rng([seed, epoch, 1])  # mixup/CutMix draws: repeatable after a resume
@@ -68,7 +70,7 @@ def train_epoch(model, optimizer, batches, prepare, recipe: StepRecipe, runtime:
     # On a GPU each check waits for the queued work, so check every CHECK_EVERY steps there.
     check_every = 1 if runtime.device.type == "cpu" else CHECK_EVERY
     bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
-               mininterval=1.0, dynamic_ncols=True)
+               mininterval=1.0, dynamic_ncols=True, disable=not progress)
     for i, (images, labels) in enumerate(bar):
         step = first_step + i
         lrs.append(get_lr(step, total_steps, warmup_steps, peak_lr, schedule))
@@ -81,14 +83,16 @@ def train_epoch(model, optimizer, batches, prepare, recipe: StepRecipe, runtime:
         if (i + 1) % check_every == 0 or i + 1 == len(bar):
             _check_finite(losses, checked, epoch, first_step, lrs)
             checked = i + 1
-        if (i + 1) % CHECK_EVERY == 0:  # running averages over the epoch so far
+        if progress and (i + 1) % CHECK_EVERY == 0:  # running averages over this process's epoch so far
             bar.set_postfix(loss=f"{torch.stack(losses).float().mean().item():.3f}",
                             acc=f"{100 * torch.stack(corrects).sum().item() / seen:.1f}%",
                             img_s=f"{seen / (time.perf_counter() - start):.0f}", lr=f"{lrs[-1]:.3g}")
     bar.close()
     seconds = time.perf_counter() - start
-    return {"train_loss": torch.stack(losses).float().mean().item(),
-            "train_acc": 100 * torch.stack(corrects).sum().item() / max(1, seen),
+    # Summed over the processes: the mean of the global batches' losses, images of all processes.
+    loss_sum, loss_count, correct, seen = all_sum([torch.stack(losses).float().sum().item(), len(losses),
+                                                   torch.stack(corrects).sum().item(), seen])
+    return {"train_loss": loss_sum / loss_count, "train_acc": 100 * correct / max(1, seen),
             "lr": lrs[-1], "steps": len(losses), "images_per_s": seen / seconds, "seconds": seconds}
 
 
