@@ -134,8 +134,12 @@ def processes_per_node(params: RuntimeParams) -> int:
 def default_workers(local_processes: int = 1) -> int:
     """Each training process keeps one core; its share of the others, at most 8, load batches
     (more rarely pays at 32x32)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores // local_processes - 1))
+    return max(1, min(8, available_cores() // local_processes - 1))
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a SLURM or cgroup share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def seed_everything(seed: int) -> None:

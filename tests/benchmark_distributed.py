@@ -52,7 +52,7 @@ from src.cli import run  # noqa: E402
 from src.data.normalize import Normalizer  # noqa: E402
 from src.models.resnet import build_model  # noqa: E402
 from src.params import AugmentParams, RuntimeParams, TrainParams  # noqa: E402
-from src.runtime import resolve  # noqa: E402
+from src.runtime import available_cores, resolve  # noqa: E402
 from src.train import distributed  # noqa: E402
 from src.train.data import make_batches  # noqa: E402
 from src.train.loop import StepRecipe, train_epoch  # noqa: E402
@@ -162,7 +162,7 @@ def main() -> None:
             "runtime": results[n][0]["runtime"]}
     figures["config"] = {"device": args.device, "model": args.model, "width": args.width,
                          "global_batch": args.batch_size, "steps": args.steps, "rounds": args.rounds,
-                         "baseline_processes": base, "cores": len(os.sched_getaffinity(0)),
+                         "baseline_processes": base, "cores": available_cores(),
                          "torch": str(torch.__version__)}
     report(figures, args.json)
 

@@ -100,6 +100,26 @@ def test_loader_batches_use_the_batch_op_and_do_not_depend_on_the_worker_count(p
         assert not torch.equal(x, torch.from_numpy(images[y.numpy()])), "the batch was augmented"
 
 
+@pytest.mark.parametrize("pipeline", [uint8_part, autoaugment_part])
+def test_the_shards_of_a_batch_are_the_single_process_batch(pipeline):
+    """Each training process's shard holds the images, augmented the same way, that one process
+    would have at those places of the batch (loader workers: batch op, or albumentations)."""
+    images = np.random.default_rng(0).integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(96)
+
+    def epoch(shard=slice(None)):
+        return list(LoaderBatches(images, labels, pipeline(), 32, 3, workers=0, pin_memory=False, shard=shard))
+
+    whole, halves = epoch(), [epoch(slice(0, 16)), epoch(slice(16, 32))]
+    for i, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([halves[0][i][0], halves[1][i][0]]), x)
+        assert torch.equal(torch.cat([halves[0][i][1], halves[1][i][1]]), y)
+    on_device = [DeviceBatches(images, labels, CropFlipCutout.from_pipeline(uint8_part()), 32, 7,
+                               torch.device("cpu"), shard) for shard in (slice(None), slice(0, 16), slice(16, 32))]
+    for (x, y), (a, ya), (b, yb) in zip(*on_device):
+        assert torch.equal(torch.cat([a, b]), x) and torch.equal(torch.cat([ya, yb]), y)
+
+
 def test_device_batches_repeat_per_epoch_and_cover_the_split():
     images = np.random.default_rng(0).integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(100)

@@ -27,7 +27,8 @@ from conftest import (BIN_DIR, TRAIN_STAGES, clone, copy_working_tree, ok, ran_s
                       weights)
 from src.cli import UserError
 from src.params import RuntimeParams
-from src.runtime import processes_per_node, resolve
+from src.models.resnet import build_model
+from src.runtime import processes_per_node, resolve, seed_everything
 from src.train.distributed import Processes
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a machine without CUDA")
@@ -93,14 +94,8 @@ def distance(a: dict, b: dict, keys: list[str]) -> float:
 
 
 def test_two_processes_take_the_same_steps_as_one(few_steps):
-    sys.path.insert(0, str(few_steps.root))  # the copy's src/, to rebuild the starting weights
-    try:
-        from src.models.resnet import build_model
-        from src.runtime import seed_everything
-        seed_everything(0)
-        start = build_model("resnet18", width=FEW_STEPS["model.width"]).state_dict()
-    finally:
-        sys.path.remove(str(few_steps.root))
+    seed_everything(0)  # the starting weights, as the stage builds them
+    start = build_model("resnet18", width=FEW_STEPS["model.width"]).state_dict()
     one = trained_weights(few_steps, **{"runtime.nproc_per_node": 1})
     two = trained_weights(few_steps, **TWO)
     unsynced = trained_weights(few_steps, **TWO, **{"runtime.sync_batchnorm": False})

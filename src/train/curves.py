@@ -22,7 +22,7 @@ class EpochLog:
             self._log(row)
 
     def record(self, epoch: int, row: dict) -> None:
-        if self.live is None:
+        if self.live is None:  # not rank 0
             return
         self._log(row)
         print(f"{self.name} epoch {epoch + 1}/{self.epochs}: train loss {row['train_loss']:.3f} acc "

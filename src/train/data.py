@@ -55,17 +55,14 @@ class AugmentedBatches(Dataset):
         batch_seed, indices = item
         indices = np.sort(indices)  # sorted reads are faster; the batch order does not matter
         # Every draw is made for the whole batch, then this process's shard is taken.
+        size, indices = len(indices), indices[self.shard]
+        images = torch.from_numpy(self.images[indices])
         if self.batch_op is not None:
-            draws = self.batch_op.draw(len(indices), torch.Generator().manual_seed(batch_seed), torch.device("cpu"))
-            indices, draws = indices[self.shard], draws.take(self.shard)
-            images = self.batch_op.apply(torch.from_numpy(self.images[indices]), draws)
+            draws = self.batch_op.draw(size, torch.Generator().manual_seed(batch_seed), images.device)
+            images = self.batch_op.apply(images, draws.take(self.shard))
         elif self.pipeline is not None:
-            image_seeds = np.random.default_rng(batch_seed).integers(0, 2**31, len(indices))[self.shard]
-            indices = indices[self.shard]
-            images = torch.from_numpy(pipelines.augment_batch(self.pipeline, self.images[indices], image_seeds))
-        else:
-            indices = indices[self.shard]
-            images = torch.from_numpy(self.images[indices])
+            image_seeds = np.random.default_rng(batch_seed).integers(0, 2**31, size)[self.shard]
+            images = torch.from_numpy(pipelines.augment_batch(self.pipeline, images.numpy(), image_seeds))
         return images, torch.from_numpy(self.labels[indices])
 
 

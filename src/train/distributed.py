@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from src.cli import UserError
+from src.runtime import available_cores
 
 # A collective that waits longer than this (a process hung, not died) fails the run.
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
@@ -97,9 +98,8 @@ def launch(nproc: int, module_args: list[str], what: str, after_a_kill: str = ""
     _quiet_launcher_logs()
     # As torchrun does: without a setting, n processes of all-core math threads fight for
     # the cores. Each gets an equal share instead (set for the children only).
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads_set_by_user = "OMP_NUM_THREADS" in os.environ
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // nproc)))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                           monitor_interval=MONITOR_INTERVAL_S, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
