@@ -154,7 +154,9 @@ def trained_with(params: dict) -> str:
              if isinstance(params.get(key), (int, float))]
     parts += [f"{key.replace('_alpha', '')} {recipe[key]:g}" for key in ("mixup_alpha", "cutmix_alpha")
               if recipe.get(key)]
-    parts += ["AutoAugment"] if recipe.get("autoaugment") else []
+    autoaugment = recipe.get("autoaugment")  # a probability (a flag in older model files)
+    parts += [f"AutoAugment {autoaugment:g}" if not isinstance(autoaugment, bool) else "AutoAugment"] \
+        if autoaugment else []
     parts += [f"EMA {train['ema_decay']:g}"] if train.get("ema_decay") else []
     return ", ".join(parts) or "(no params in the model file)"
 

@@ -66,17 +66,18 @@ class DataParams(Section):
         return self
 
 
-class AugmentParams(Section):
+class ModelAugment(Section):
+    """The augmentation keys a model may override (`model.<name>.augment`); see src/augment/."""
     crop: Literal["pad", "resized"] = "pad"
     crop_padding: int = Field(default=4, ge=0, le=16)
     resized_scale: tuple[float, float] = (0.35, 1.0)
+    resized_ratio: tuple[float, float] = (0.75, 4 / 3)
     hflip_p: float = Field(default=0.5, ge=0, le=1)
     cutout_size: int = Field(default=16, ge=0, le=32)
     cutout_p: float = Field(default=0.5, ge=0, le=1)
-    offline_copies: int = Field(default=0, ge=0, le=10)
-    preview_images: int = Field(default=64, ge=1, le=256)
+    cutout_inside: bool = False
 
-    @field_validator("resized_scale", mode="before")
+    @field_validator("resized_scale", "resized_ratio", mode="before")
     @classmethod
     def _list_to_tuple(cls, value):
         # YAML has no tuples; accept a two-element list.
@@ -90,6 +91,21 @@ class AugmentParams(Section):
             raise ValueError("must be [low, high] with 0 < low <= high <= 1")
         return value
 
+    @field_validator("resized_ratio")
+    @classmethod
+    def _ratio_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError("must be [low, high] aspect ratios (width / height) with 0 < low <= high")
+        return value
+
+
+class AugmentParams(ModelAugment):
+    """The shared augmentation: the keys every model uses unless it overrides them, and the
+    augment stage's own (offline copies and the preview, which shape data/prepared and plots/)."""
+    offline_copies: int = Field(default=0, ge=0, le=10)
+    preview_images: int = Field(default=64, ge=1, le=256)
+
 
 class ModelRecipe(Section):
     epochs_scale: float = Field(default=1.0, gt=0)
@@ -97,7 +113,16 @@ class ModelRecipe(Section):
     mixup_alpha: float = Field(default=0.0, ge=0)
     cutmix_alpha: float = Field(default=0.0, ge=0)
     cutmix_prob: float = Field(default=0.5, ge=0, le=1)
-    autoaugment: bool = False
+    autoaugment: float = Field(default=0.0, ge=0, le=1)
+    augment: dict = Field(default_factory=dict)  # ModelAugment keys over the shared `augment.*`
+
+    @field_validator("autoaugment", mode="before")
+    @classmethod
+    def _probability_not_flag(cls, value):
+        if isinstance(value, bool):  # it was a flag before: say what it is now
+            raise ValueError("is the probability of applying the AutoAugment policy to an image, "
+                             "0 to 1 (0: off; seed 001 used 0.7), not true/false")
+        return value
 
 
 class ModelParams(Section):
@@ -106,7 +131,26 @@ class ModelParams(Section):
     dropout: float = Field(default=0.0, ge=0, lt=1)
     resnet18: ModelRecipe = ModelRecipe()
     resnet34: ModelRecipe = ModelRecipe()
-    resnet50: ModelRecipe = ModelRecipe(epochs_scale=2.0, mixup_alpha=0.2, autoaugment=True)
+    # Seed 001: 200 epochs, lr 0.8 at batch 2048 (0.1 per 256 images), mixup 0.2, AutoAugment on
+    # 70% of the images, RandomResizedCrop(scale 0.8-1, ratio 0.9-1.1).
+    resnet50: ModelRecipe = ModelRecipe(epochs_scale=2.0, lr_scale=0.5, mixup_alpha=0.2, autoaugment=0.7,
+                                        augment={"crop": "resized", "resized_scale": [0.8, 1.0],
+                                                 "resized_ratio": [0.9, 1.1]})
+
+    @model_validator(mode="after")
+    def _augment_overrides(self) -> "ModelParams":
+        for name in MODELS:
+            for key, value in getattr(self, name).augment.items():
+                where = f"model.{name}.augment.{key}"
+                if key not in ModelAugment.model_fields:
+                    raise ValueError(f"{where} is not a key a model can override: use one of "
+                                     f"{', '.join(ModelAugment.model_fields)}")
+                try:
+                    ModelAugment.model_validate({key: value})
+                except ValidationError as error:
+                    message = error.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"{where} = {value!r} is not allowed: {message}") from None
+        return self
 
 
 class TrainParams(Section):
@@ -200,6 +244,16 @@ class Params(Section):
 
     def model_lr(self, model_name: str) -> float:
         return self.lr * self.recipe(model_name).lr_scale
+
+    def model_warmup_epochs(self, model_name: str) -> float:
+        """Warmup is part of the run's length: it scales with the model's epochs (seed 001 warmed
+        ResNet-50 up for 10 of its 200 epochs, 5 of 100 for the others)."""
+        return self.train.warmup_epochs * self.recipe(model_name).epochs_scale
+
+    def model_augment(self, model_name: str) -> ModelAugment:
+        """The shared augmentation with the model's overrides."""
+        shared = {key: getattr(self.augment, key) for key in ModelAugment.model_fields}
+        return ModelAugment.model_validate({**shared, **self.recipe(model_name).augment})
 
 
 def _describe(error: dict) -> str:

@@ -80,8 +80,7 @@ def channels_last_is_fast(device: torch.device) -> bool:
     """The layout `runtime.channels_last: auto` picks: NHWC on CUDA (tensor cores) and on CPUs
     with AVX-512, NCHW on other CPUs and MPS.
 
-    On a 2-core AVX-512 EPYC a ResNet-18 step at width 16 ran 1.40x faster NHWC (1.29x at
-    width 64). On AVX2-only CPUs, torch 2.14.1's oneDNN hangs (2 threads) or segfaults
+    On AVX-512 CPUs NHWC is the faster layout (figures: README, Performance). On AVX2-only CPUs, torch 2.14.1's oneDNN hangs (2 threads) or segfaults
     (1 thread) in the channels_last weight gradient of the 1x1 stride-2 downsample
     convolution (jit_avx2_1x1_convolution_bwd_weights, seen on an AMD EPYC), so NCHW there.
     """

@@ -1,4 +1,4 @@
-"""Stage `augment`: the prepared splits and the one definition of the augmentation.
+"""Stage `augment`: the prepared splits, offline copies and a preview of the augmentation.
 
     python -m stages.augment             (run by `dvc repro augment`)
 
@@ -6,8 +6,9 @@ In:  data/raw/, params seed, data.train_limit, data.test_limit, data.val_size, a
 Out: data/prepared/{train,test}.npz (+ val.npz when data.val_size > 0), per the data contract
      data/prepared/classes.json      class and superclass names, superclass of each class
      data/prepared/stats.json        per-channel mean/std of the training split, sizes, archive md5
-     data/prepared/transform_*.json  albumentations pipelines (train, train_autoaugment, test)
-     plots/augment_preview.png       augmented training images
+     plots/augment_preview.png       training images through the shared pipeline, and with AutoAugment
+Each train stage builds its own model's pipeline (src/augment/pipelines.py), so a model's
+augmentation overrides never change data/prepared.
 """
 import json
 
@@ -36,12 +37,7 @@ def main() -> None:
         prepared.update(train=splits.take(train, train_index), val=splits.take(train, val_index))
 
     mean, std = splits.channel_stats(prepared["train"]["images"])
-    transforms = {
-        "train": pipelines.build_train(params.augment, mean, std),
-        "train_autoaugment": pipelines.build_train(params.augment, mean, std, autoaugment=True),
-        "test": pipelines.build_test(mean, std),
-    }
-    standard = pipelines.split_normalize(transforms["train"])[0]
+    standard = pipelines.split_normalize(pipelines.build_train(params.augment, mean, std))[0]
     standard.set_random_seed(params.seed)
     originals = prepared["train"]
     if params.augment.offline_copies > 0:
@@ -54,8 +50,6 @@ def main() -> None:
     with staged_dir(OUT_DIR) as out:
         for split, arrays in prepared.items():
             splits.save(out / f"{split}.npz", arrays)
-        for name, pipeline in transforms.items():
-            pipelines.save(pipeline, out / f"transform_{name}.json")
         classes = {"fine": meta["fine_label_names"], "coarse": meta["coarse_label_names"],
                    "fine_to_coarse": splits.fine_to_coarse(train["fine_labels"], train["coarse_labels"])}
         (out / "classes.json").write_text(json.dumps(classes, indent=2) + "\n")
@@ -64,7 +58,7 @@ def main() -> None:
         (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         with staged_file(PREVIEW) as preview:
             sample = originals["images"][:params.augment.preview_images]
-            autoaugment = pipelines.split_normalize(transforms["train_autoaugment"])[0]
+            autoaugment = pipelines.split_normalize(pipelines.build_train(params.augment, mean, std, 1.0))[0]
             autoaugment.set_random_seed(params.seed)
             save_preview({"original": sample,
                           "train pipeline": pipelines.augment_batch(standard, sample),

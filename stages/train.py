@@ -2,10 +2,10 @@
 
     python -m stages.train --model resnet18      (run by `dvc repro train-resnet18`)
 
-In:  data/prepared/, params seed, lr, epochs, batch_size, model.width, model.zero_init_residual,
-     model.dropout, model.<name>, train, runtime
+In:  data/prepared/, params seed, lr, epochs, batch_size, the shared augment.* keys a model may
+     override, model.width, model.zero_init_residual, model.dropout, model.<name>, train, runtime
 Out: models/<name>.pt         final weights (the EMA of the weights with train.ema_decay) + the
-                              params, data hash and versions that made them
+                              params, augmentation, data hash and versions that made them
      plots/train/<name>/      per-epoch curves (DVCLive)
 Resumes from checkpoints/<name>.pt after an interruption when nothing that matters changed.
 With runtime.nproc_per_node > 1 (or under torchrun) it trains in several processes
@@ -66,8 +66,9 @@ def train(name: str, params: Params, runtime: Runtime, processes: distributed.Pr
     train_split = splits.load(f"{PREPARED}/train.npz")
     heldout_split = "val" if params.data.val_size > 0 else "test"
     heldout = splits.load(f"{PREPARED}/{heldout_split}.npz") if main_process else None
-    transform = "train_autoaugment" if recipe.autoaugment else "train"
-    augment, mean, std = pipelines.split_normalize(pipelines.load(f"{PREPARED}/transform_{transform}.json"))
+    stats = json.loads(Path(f"{PREPARED}/stats.json").read_text())  # this model's pipeline, built here
+    augment, mean, std = pipelines.split_normalize(pipelines.build_train(
+        params.model_augment(name), stats["mean"], stats["std"], recipe.autoaugment))
     normalize = Normalizer(mean, std, runtime.device, runtime.channels_last)
     global_batch = min(params.batch_size, len(train_split["fine_labels"]))
     batches = make_batches(train_split["images"], train_split["fine_labels"], augment, params.batch_size,
@@ -80,7 +81,7 @@ def train(name: str, params: Params, runtime: Runtime, processes: distributed.Pr
     ema = WeightAverage(model, params.train.ema_decay, params.train.ema_warmup) if params.train.ema_decay else None
     final = ema.module if ema else model  # what is evaluated and written to models/<name>.pt
     epochs, peak_lr, steps = params.model_epochs(name), params.model_lr(name), len(batches)
-    training = checkpoint.training_record(name, params, runtime, processes.world_size, transform, heldout_split)
+    training = checkpoint.training_record(name, params, runtime, processes.world_size, heldout_split)
     data_hash = checkpoint.data_hash(PREPARED)
     ckpt_path = f"checkpoints/{name}.pt"
     fingerprint = checkpoint.fingerprint(training, data_hash)  # params, data and code of this run
@@ -90,7 +91,7 @@ def train(name: str, params: Params, runtime: Runtime, processes: distributed.Pr
     history = checkpoint.restore(state, model, optimizer, ema) if state else []
 
     # Warmup never takes more than half the run (short test runs would never reach the peak).
-    warmup_steps = min(round(params.train.warmup_epochs * steps), epochs * steps // 2)
+    warmup_steps = min(round(params.model_warmup_epochs(name) * steps), epochs * steps // 2)
     forward = torch.compile(forward) if runtime.compile else forward
     step_recipe = StepRecipe(params.train.label_smoothing, _batch_mix(params, name, runtime),
                              params.train.grad_clip_norm, ema)

@@ -16,7 +16,8 @@ machine:
   loader_img_s_per_worker  the worker-side pipeline alone in one process (the default crop/flip/
                            cutout as one batch op, collate included)
   loader_albumentations_.. the same pipeline through albumentations image by image, for comparison
-  loader_autoaugment_...   with AutoAugment (ResNet-50's recipe): albumentations image by image
+  loader_autoaugment_...   ResNet-50's pipeline (RandomResizedCrop, flip, torchvision's AutoAugment
+                           on 70%, Cutout): albumentations image by image
   eval_img_s               the evaluation path (predict_logits) on uint8 images
   bare_eval_img_s          a bare forward pass under no_grad on normalised tensors
   checkpoint_save_ms       a synchronous save of the resume checkpoint (model + optimizer)
@@ -58,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.augment import pipelines  # noqa: E402
 from src.models.resnet import build_model  # noqa: E402
-from src.params import AugmentParams, RuntimeParams, TrainParams  # noqa: E402
+from src.params import AugmentParams, Params, RuntimeParams, TrainParams  # noqa: E402
 from src.predict import predict_logits  # noqa: E402
 from src.runtime import channels_last_is_fast, resolve  # noqa: E402
 from src.data.normalize import Normalizer  # noqa: E402
@@ -211,9 +212,11 @@ def main() -> None:
     rounds["bare_step_img_s"] = [max(rates) for rates in zip(*(rounds[key] for key in bare_runs))]
 
     # Per worker process: the default pipeline (the batch op), the same through albumentations
-    # image by image, and ResNet-50's with AutoAugment, which always runs in workers
-    # (runtime.workers of them must outpace the GPU).
-    autoaugment = pipelines.split_normalize(pipelines.build_train(AugmentParams(), MEAN, STD, autoaugment=True))[0]
+    # image by image, and ResNet-50's (seed 001: RandomResizedCrop, flip, AutoAugment on 70%,
+    # Cutout), which always runs in workers (runtime.workers of them must outpace the GPU).
+    defaults = Params()
+    autoaugment = pipelines.split_normalize(pipelines.build_train(
+        defaults.model_augment("resnet50"), MEAN, STD, defaults.recipe("resnet50").autoaugment))[0]
     loaders = {key: LoaderBatches(train_images, train_labels, p, batch, 0, workers=0, pin_memory=False)
                for key, p in (("loader_img_s_per_worker", pipeline),
                               ("loader_albumentations_img_s_per_worker", pipeline),

@@ -1,24 +1,42 @@
 """How fast the project learns on the genuine CIFAR-100, against a plain PyTorch loop of the same recipe.
 
-    python tests/convergence.py                       # both budgets: ~15 min on 2 CPU cores
+    python tests/convergence.py                          # every budget: 10k, 50k, r50-10k
     python tests/convergence.py --budget 10k --seeds 0 1 2 --set model.dropout=0.2
+    python tests/convergence.py --budget r50-10k --skip-plain --set model.resnet50.autoaugment=0
 
 Not collected by pytest. Needs the genuine archive: ../shared/cifar100/*.part* (joined and
 md5-checked here) or --archive PATH. For each budget and seed, in one run:
-  project  the real stage scripts (download, augment, train --model resnet18) in a scratch copy
-           of the repository, with the budget's params (plus --set overrides); the trained
-           models/resnet18.pt is then scored on the full test split by the evaluate code
-  plain    `plain_run` below: a minimal PyTorch loop of the same recipe, written independently of
-           src/ (torchvision's CIFAR100 reader and transforms v2, torchvision's BasicBlock, a
-           LambdaLR schedule), on the same images, budget and seed
+  project  the real stage scripts (download, augment, train --model <the budget's model>) in a
+           scratch copy of the repository, with the budget's params (plus --set overrides) over
+           params.yaml; the trained models/<model>.pt is then scored on the full test split by
+           the evaluate code (with and without flip test-time augmentation)
+  plain    `plain_run` below: a minimal PyTorch loop of the budget's plain recipe, written apart
+           from src/ (torchvision's CIFAR100 reader and transforms v2, torchvision's BasicBlock or
+           Bottleneck, a LambdaLR warmup + cosine schedule), on the same images, budget and seed
 and prints top-1/top-5 of both and the difference (project - plain), per seed and as means.
-Budgets: ResNet-18 at width 16, batch 128, lr 0.1, 1 warmup epoch, 2 epochs, on the first
-10,000 training images ("10k") or all 50,000 ("50k"); always the full 10,000-image test split.
-Goal (issue 11): project top-1 >= plain top-1 - 0.5 points at both budgets (mean over seeds).
+
+Budgets (batch 128, 1 epoch of per-step linear warmup from 0 then cosine to 0, Nesterov SGD,
+weight decay 5e-4 on conv/linear weights, label smoothing 0.1; always the full 10,000-image
+test split):
+  10k      ResNet-18 width 16, 2 epochs, lr 0.1, the first 10,000 training images, seeds 0 1 2;
+           both sides: pad-4 random crop, flip, Cutout 16 (p 0.5)
+  50k      the same on all 50,000 training images, the first seed only
+  r50-10k  ResNet-50 (Bottleneck, [3, 4, 6, 3]) width 16, 4 epochs, the first 10,000 training
+           images, seeds 0 1 2. Project: `lr` 0.1 (the shared rate at batch 128) times
+           params.yaml's model.resnet50.lr_scale, model.resnet50.epochs_scale 1, and otherwise
+           params.yaml's ResNet-50 recipe. Plain: seed 001's recipe, lr 0.05 (0.8 at batch 2048,
+           scaled to 128), RandomResizedCrop(scale 0.8-1, ratio 0.9-1.1), flip, AutoAugment
+           (CIFAR-10 policy) with p 0.7, Cutout 16 (p 0.5), MixUp 0.2 per batch
+The plain loop's Cutout is DeVries & Taylor's original at every budget (a centre anywhere in the
+image, the hole clipped at the border).
+Goals: project mean top-1 >= plain mean top-1 - 0.5 points at every budget (mean over seeds):
+issue 11 for ResNet-18 (10k, 50k), issue 18 for ResNet-50 (r50-10k).
+Time on 2 CPU cores: 10k + 50k ~15 min (both sides); r50-10k not timed yet (estimate ~30 min).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -30,6 +48,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,25 +56,98 @@ import torch.nn.functional as F
 import torchvision
 import yaml
 from torch import nn
-from torchvision.models.resnet import BasicBlock
+from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.transforms import v2
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_PARTS = sorted((ROOT.parent / "shared" / "cifar100").glob("cifar-100-python.tar.gz.part*"))
 GENUINE_MD5 = "9c600102c9dd81479547f7fbb69f9571"  # the repack in ../shared/cifar100 (see its README)
 
-# The recipe both sides train with. Units: images, epochs, learning rate at batch_size.
-BUDGETS = {"10k": 10_000, "50k": 50_000}  # training images (the first N of the split)
-EPOCHS = 2
-BATCH_SIZE = 128
-LR = 0.1                 # peak, after a linear warmup from 0
-WARMUP_EPOCHS = 1
-WIDTH = 16               # channels of ResNet-18's first stage (64: the standard model)
-MOMENTUM = 0.9           # Nesterov
-WEIGHT_DECAY = 5e-4      # conv and linear weights only
-LABEL_SMOOTHING = 0.1
-CROP_PADDING = 4         # pixels
-CUTOUT_SIZE, CUTOUT_P = 16, 0.5
+# The recipes. Units: images, epochs, learning rate at BATCH_SIZE images per step.
+CLASSES = 100
+TRAIN_IMAGES = 50_000    # the whole training split
+BATCH_SIZE = 128         # images per optimizer step, every budget, both sides
+WARMUP_EPOCHS = 1        # epochs of per-step linear warmup from 0, then cosine to 0
+WIDTH = 16               # channels of the first stage (64: the standard ResNet); later x2, x4, x8
+                         # (and x4 again at a Bottleneck's output)
+MOMENTUM = 0.9           # SGD, Nesterov
+WEIGHT_DECAY = 5e-4      # L2 on conv and linear weights only
+LABEL_SMOOTHING = 0.1    # cross-entropy
+CUTOUT_SIZE = 16         # pixels, side of the Cutout hole (DeVries & Taylor's `length`)
+CUTOUT_P = 0.5           # probability of a hole, per image
+EVAL_BATCH = 1000        # test images per forward pass
+GOAL_MARGIN = 0.5        # top-1 points: project mean >= plain mean - GOAL_MARGIN (issues 11, 18)
+
+# ResNet-18 budgets "10k" and "50k" (issue 11): the project's recipe, mirrored by the plain loop
+R18_EPOCHS = 2
+R18_LR = 0.1             # peak, both sides
+R18_CROP_PADDING = 4     # pixels of zero padding before the random 32x32 crop
+
+# ResNet-50 budget "r50-10k" (issue 18): the plain side is seed 001's recipe
+R50_EPOCHS = 4
+R50_PROJECT_LR = 0.1     # the shared `lr` at batch 128; params.yaml's model.resnet50.lr_scale multiplies it
+R50_PLAIN_LR = 0.8 * BATCH_SIZE / 2048  # seed 001: 0.8 at batch 2048, linearly scaled: 0.05 at 128
+R50_CROP_SCALE = (0.8, 1.0)  # area fraction range of RandomResizedCrop (to 32x32)
+R50_CROP_RATIO = (0.9, 1.1)  # aspect ratio range of RandomResizedCrop
+R50_AUTOAUGMENT_P = 0.7  # probability of AutoAugment's CIFAR-10 policy, per image
+R50_MIXUP_ALPHA = 0.2    # Beta(alpha, alpha) MixUp of whole images, per batch (soft targets)
+
+
+@dataclass(frozen=True)
+class PlainRecipe:
+    """What `plain_run` trains: the model, the images, the schedule and the augmentation."""
+    model: str                 # a key of PLAIN_MODELS
+    images: int                # the first N training images
+    epochs: int
+    lr: float                  # peak, at BATCH_SIZE
+    augment: str               # "crop": pad + random crop, flip, Cutout | "seed001": see plain_augment
+    mixup_alpha: float = 0.0   # per-batch MixUp; 0: off (hard labels)
+    warmup_epochs: float = WARMUP_EPOCHS
+    width: int = WIDTH
+
+    def describe(self) -> str:
+        augment = (f"pad-{R18_CROP_PADDING} crop, flip, Cutout {CUTOUT_SIZE} p {CUTOUT_P}" if self.augment == "crop"
+                   else f"RandomResizedCrop(scale {R50_CROP_SCALE}, ratio {R50_CROP_RATIO}), flip, "
+                        f"AutoAugment CIFAR-10 p {R50_AUTOAUGMENT_P}, Cutout {CUTOUT_SIZE} p {CUTOUT_P}")
+        mix = f", MixUp {self.mixup_alpha}" if self.mixup_alpha else ""
+        return (f"lr {self.lr:g}, {self.epochs} epochs, warmup {self.warmup_epochs:g} epoch; "
+                f"{augment}{mix}; label smoothing {LABEL_SMOOTHING}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One comparison: a model, the project's params for it, and the plain loop's recipe."""
+    name: str
+    model: str                 # the project's --model (models/<model>.pt)
+    title: str                 # the architecture, in words
+    images: int                # the first N training images, both sides
+    all_seeds: bool            # every --seeds (else the first only)
+    project: dict              # params.yaml key paths -> values, besides seed and data.url/md5
+    plain: PlainRecipe
+    issue: int
+
+    def seeds(self, seeds: list[int]) -> list[int]:
+        return seeds if self.all_seeds else seeds[:1]
+
+
+def r18_project(images: int) -> dict:
+    return {"lr": R18_LR, "epochs": R18_EPOCHS, "batch_size": BATCH_SIZE,
+            "data.train_limit": None if images == TRAIN_IMAGES else images, "data.val_size": 0,
+            "model.width": WIDTH, "train.warmup_epochs": WARMUP_EPOCHS}
+
+
+BUDGETS = {budget.name: budget for budget in (
+    Budget("10k", "resnet18", "ResNet-18", 10_000, True, r18_project(10_000),
+           PlainRecipe("resnet18", 10_000, R18_EPOCHS, R18_LR, "crop"), issue=11),
+    Budget("50k", "resnet18", "ResNet-18", TRAIN_IMAGES, False, r18_project(TRAIN_IMAGES),
+           PlainRecipe("resnet18", TRAIN_IMAGES, R18_EPOCHS, R18_LR, "crop"), issue=11),
+    Budget("r50-10k", "resnet50", "ResNet-50", 10_000, True,
+           {"lr": R50_PROJECT_LR, "epochs": R50_EPOCHS, "batch_size": BATCH_SIZE,
+            "data.train_limit": 10_000, "data.val_size": 0, "model.width": WIDTH,
+            "model.resnet50.epochs_scale": 1, "train.warmup_epochs": WARMUP_EPOCHS},
+           PlainRecipe("resnet50", 10_000, R50_EPOCHS, R50_PLAIN_LR, "seed001", mixup_alpha=R50_MIXUP_ALPHA),
+           issue=18),
+)}
 
 
 # --------------------------------------------------------------------------- the genuine archive
@@ -84,6 +176,19 @@ def md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def torchvision_root(archive: Path, scratch: Path) -> Path:
+    """The archive extracted once under scratch/torchvision, as torchvision's CIFAR100 reads it."""
+    root = scratch / "torchvision"
+    if not (root / "cifar-100-python").exists():
+        partial = scratch / "torchvision.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        with tarfile.open(archive) as tar:  # md5-checked by genuine_archive (or the caller's own copy)
+            tar.extractall(partial, filter="data")
+        shutil.rmtree(root, ignore_errors=True)
+        partial.rename(root)
+    return root
+
+
 # --------------------------------------------------------------------------- the project's side
 
 class ProjectCopy:
@@ -106,27 +211,24 @@ class ProjectCopy:
         if done.returncode != 0:
             sys.exit(f"convergence: `python -m {' '.join(args)}` failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
 
-    def train(self, images: int, seed: int, overrides: dict) -> Path:
+    def params(self, seed: int, settings: dict, overrides: dict) -> dict:
+        """params.yaml with the seed, the genuine archive, a budget's settings and the --set overrides."""
         params = json.loads(json.dumps(self.base))
-        settings = {"seed": seed, "lr": LR, "epochs": EPOCHS, "batch_size": BATCH_SIZE,
-                    "data.url": str(self.archive), "data.md5": self.archive_md5,
-                    "data.train_limit": None if images == 50_000 else images, "data.val_size": 0,
-                    "model.width": WIDTH, "train.warmup_epochs": WARMUP_EPOCHS, **overrides}
-        for key, value in settings.items():
-            *parents, last = key.split(".")
-            node = params
-            for part in parents:
-                node = node[part]
-            if last not in node:
-                sys.exit(f"convergence: --set {key}: params.yaml has no such key")
-            node[last] = value
+        for key, value in {"seed": seed, "data.url": str(self.archive), "data.md5": self.archive_md5,
+                           **settings, **overrides}.items():
+            set_param(params, key, value)
+        return params
+
+    def train(self, model: str, seed: int, settings: dict, overrides: dict) -> Path:
+        """Train `model` through the stage scripts; returns models/<model>.pt."""
+        params = self.params(seed, settings, overrides)
         (self.folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         if not self.downloaded:
             self.stage("stages.download")
             self.downloaded = True
         self.stage("stages.augment")
-        self.stage("stages.train", "--model", "resnet18")
-        return self.folder / "models" / "resnet18.pt"
+        self.stage("stages.train", "--model", model)
+        return self.folder / "models" / f"{model}.pt"
 
     def score(self, model_file: Path) -> dict:
         """top-1/top-5 (%) of a model file on the prepared test split, through the evaluate code
@@ -145,7 +247,7 @@ class ProjectCopy:
             model, normalize = build_trained(load_model_file(model_file), runtime)
             scores = {}
             for tta in (False, True):
-                logits = predict_logits(model, test["images"], normalize, runtime, 1000, hflip_tta=tta)
+                logits = predict_logits(model, test["images"], normalize, runtime, EVAL_BATCH, hflip_tta=tta)
                 suffix = "_tta" if tta else ""
                 scores[f"top1{suffix}"] = topk_accuracy(logits, test["fine_labels"], 1)
                 scores[f"top5{suffix}"] = topk_accuracy(logits, test["fine_labels"], 5)
@@ -154,22 +256,49 @@ class ProjectCopy:
             sys.path.remove(str(self.folder))
 
 
+def set_param(params: dict, key: str, value) -> None:
+    """Set a dotted key path. Every parent must exist and be a mapping; the last part may be new
+    (e.g. model.resnet50.augment.crop under an existing model.resnet50.augment mapping)."""
+    *parents, last = key.split(".")
+    node = params
+    for depth, part in enumerate(parents, 1):
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            sys.exit(f"convergence: --set {key}: params.yaml has no such key "
+                     f"({'.'.join(parents[:depth])} is missing or not a mapping)")
+    node[last] = value
+
+
+def get_param(params: dict, key: str, default=None):
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
 # --------------------------------------------------------------------------- the plain loop
 
 class Cutout:
-    """One size x size hole, fully inside the image, zeroed (the mean after Normalize) with probability p."""
+    """DeVries & Taylor's Cutout (github.com/uoguelph-mlrg/Cutout, util/cutout.py), one hole, with
+    probability p: a centre y, x drawn uniformly over the whole image, the length x length square
+    around it clipped at the border (y1 = clip(y - length // 2, 0, h), y2 = clip(y + length // 2, 0, h),
+    the same for x), so a hole near an edge is smaller. Set to 0: the mean, after Normalize.
+    torch's generator instead of numpy's (seeded by torch.manual_seed and the DataLoader's workers)."""
 
-    def __init__(self, size: int, p: float):
-        self.size, self.p = size, p
+    def __init__(self, length: int, p: float):
+        self.length, self.p = length, p
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if torch.rand(()) >= self.p:
             return image
         h, w = image.shape[-2:]
-        y = int(torch.randint(0, h - self.size + 1, ()))
-        x = int(torch.randint(0, w - self.size + 1, ()))
+        y, x = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        y1, y2 = max(y - self.length // 2, 0), min(y + self.length // 2, h)  # np.clip(., 0, h)
+        x1, x2 = max(x - self.length // 2, 0), min(x + self.length // 2, w)
         image = image.clone()
-        image[..., y:y + self.size, x:x + self.size] = 0
+        image[..., y1:y2, x1:x2] = 0
         return image
 
 
@@ -184,54 +313,94 @@ class TensorImages(torch.utils.data.Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
-def plain_resnet18(width: int, classes: int = 100) -> nn.Module:
-    """CIFAR ResNet-18 (3x3 stem, no max-pool) from torchvision's BasicBlock, torchvision's init."""
-    layers, inplanes = [], width
-    for planes, stride in ((width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)):
+def plain_resnet(block: type[BasicBlock | Bottleneck], layers: list[int], width: int,
+                 classes: int = CLASSES) -> nn.Module:
+    """CIFAR ResNet (3x3 stride-1 stem, no max-pool) from torchvision's block, torchvision's init:
+    Kaiming-normal convs (fan_out), BatchNorm weight 1 and bias 0, no zero-init residual.
+    Stage channels width, 2, 4, 8 x width (x block.expansion at each block's output)."""
+    stages, inplanes = [], width
+    for index, blocks in enumerate(layers):
+        planes, stride = width * 2 ** index, 1 if index == 0 else 2
+        out = planes * block.expansion
         down = None
-        if stride != 1 or inplanes != planes:
-            down = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-        layers += [BasicBlock(inplanes, planes, stride, down), BasicBlock(planes, planes)]
-        inplanes = planes
+        if stride != 1 or inplanes != out:
+            down = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+        stages += [block(inplanes, planes, stride, down), *(block(out, planes) for _ in range(blocks - 1))]
+        inplanes = out
     model = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
-                          nn.ReLU(inplace=True), *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(8 * width, classes))
+                          nn.ReLU(inplace=True), *stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(inplanes, classes))
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.constant_(module.weight, 1)
+            nn.init.constant_(module.bias, 0)
     return model
 
 
-def plain_run(cifar_root: Path, images: int, seed: int) -> dict:
+PLAIN_MODELS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}
+
+
+def plain_resnet18(width: int, classes: int = CLASSES) -> nn.Module:
+    return plain_resnet(*PLAIN_MODELS["resnet18"], width, classes)
+
+
+def plain_resnet50(width: int, classes: int = CLASSES) -> nn.Module:
+    return plain_resnet(*PLAIN_MODELS["resnet50"], width, classes)
+
+
+def plain_augment(recipe: PlainRecipe, mean: list[float], std: list[float]) -> v2.Compose:
+    """The per-image training transform, from a uint8 CHW tensor to a normalised float one."""
+    if recipe.augment == "crop":
+        geometry = [v2.RandomCrop(32, padding=R18_CROP_PADDING), v2.RandomHorizontalFlip()]
+    elif recipe.augment == "seed001":
+        geometry = [v2.RandomResizedCrop(32, scale=R50_CROP_SCALE, ratio=R50_CROP_RATIO),
+                    v2.RandomHorizontalFlip(),
+                    v2.RandomApply([v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)], p=R50_AUTOAUGMENT_P)]
+    else:
+        raise ValueError(f"unknown plain augmentation {recipe.augment!r}")
+    return v2.Compose([*geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
+                       Cutout(CUTOUT_SIZE, CUTOUT_P)])
+
+
+def warmup_cosine(total: int, warmup: int):
+    """LambdaLR factor per step: linear warmup from 0, then cosine to 0."""
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return schedule
+
+
+def plain_run(cifar_root: Path, recipe: PlainRecipe, seed: int, test_limit: int | None = None) -> dict:
+    """Train the recipe's model with a plain loop and score it on the test split (the first
+    test_limit images: a smoke-check shortcut; None: all 10,000). Returns top-1/top-5 in %."""
     torch.manual_seed(seed)
     train = torchvision.datasets.CIFAR100(cifar_root, train=True)
     test = torchvision.datasets.CIFAR100(cifar_root, train=False)
-    x = torch.from_numpy(train.data[:images]).permute(0, 3, 1, 2)  # uint8 NCHW
-    y = torch.tensor(train.targets[:images])
+    x = torch.from_numpy(train.data[:recipe.images]).permute(0, 3, 1, 2)  # uint8 NCHW
+    y = torch.tensor(train.targets[:recipe.images])
     mean = (x.double() / 255).mean((0, 2, 3)).tolist()
     std = (x.double() / 255).std((0, 2, 3)).tolist()
-    augment = v2.Compose([v2.RandomCrop(32, padding=CROP_PADDING), v2.RandomHorizontalFlip(),
-                          v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
-                          Cutout(CUTOUT_SIZE, CUTOUT_P)])
-    loader = torch.utils.data.DataLoader(TensorImages(x, y, augment), batch_size=BATCH_SIZE,
-                                         shuffle=True, num_workers=1, persistent_workers=True)
-    model = plain_resnet18(WIDTH)
+    loader = torch.utils.data.DataLoader(TensorImages(x, y, plain_augment(recipe, mean, std)),
+                                         batch_size=BATCH_SIZE, shuffle=True, num_workers=1,
+                                         persistent_workers=True)
+    mix = v2.MixUp(alpha=recipe.mixup_alpha, num_classes=CLASSES) if recipe.mixup_alpha else None
+    model = plain_resnet(*PLAIN_MODELS[recipe.model], recipe.width)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": WEIGHT_DECAY},
                                  {"params": no_decay, "weight_decay": 0.0}],
-                                lr=LR, momentum=MOMENTUM, nesterov=True)
-    total, warmup = EPOCHS * len(loader), WARMUP_EPOCHS * len(loader)
-
-    def schedule(step):  # per step: linear warmup from 0, then cosine to 0
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    for _ in range(EPOCHS):
+                                lr=recipe.lr, momentum=MOMENTUM, nesterov=True)
+    total = recipe.epochs * len(loader)
+    warmup = round(recipe.warmup_epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
+    for _ in range(recipe.epochs):
         model.train()
         for inputs, targets in loader:
+            if mix is not None:
+                inputs, targets = mix(inputs, targets)  # targets: soft, (batch, CLASSES)
             loss = F.cross_entropy(model(inputs), targets, label_smoothing=LABEL_SMOOTHING)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -240,10 +409,11 @@ def plain_run(cifar_root: Path, images: int, seed: int) -> dict:
 
     model.eval()
     normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
-    test_x = torch.from_numpy(test.data).permute(0, 3, 1, 2)
-    test_y = torch.tensor(test.targets)
+    test_x = torch.from_numpy(test.data[:test_limit]).permute(0, 3, 1, 2)
+    test_y = torch.tensor(test.targets[:test_limit])
     with torch.no_grad():
-        logits = torch.cat([model(normalize(test_x[i:i + 1000])) for i in range(0, len(test_x), 1000)])
+        logits = torch.cat([model(normalize(test_x[i:i + EVAL_BATCH]))
+                            for i in range(0, len(test_x), EVAL_BATCH)])
     top5 = logits.topk(5, 1).indices
     return {"top1": (top5[:, 0] == test_y).double().mean().item() * 100,
             "top5": (top5 == test_y[:, None]).any(1).double().mean().item() * 100}
@@ -265,13 +435,31 @@ def mean_of(rows: list[dict], key: str) -> float:
     return statistics.fmean(row[key] for row in rows)
 
 
+def describe(budget: Budget, seeds: list[int], project: ProjectCopy, overrides: dict) -> str:
+    """The header of a budget: its model and both sides' recipes (the project's as it will run)."""
+    params = project.params(seeds[0], budget.project, overrides)
+    recipe = f"model.{budget.model}"
+    lr, lr_scale = params["lr"], get_param(params, f"{recipe}.lr_scale", 1.0)
+    epochs, epochs_scale = params["epochs"], get_param(params, f"{recipe}.epochs_scale", 1.0)
+    limit = get_param(params, "data.train_limit")
+    return (f"== {budget.name} (issue {budget.issue}): {budget.title} width {get_param(params, 'model.width')}, "
+            f"first {budget.images:,} training images, batch {params['batch_size']}, seeds {seeds}\n"
+            f"   project: stages.train --model {budget.model}, lr {lr:g} x {recipe}.lr_scale {lr_scale:g} "
+            f"= {lr * lr_scale:g}, {epochs} x epochs_scale {epochs_scale:g} epochs, warmup "
+            f"{get_param(params, 'train.warmup_epochs')} epoch, train_limit {limit}; the rest of "
+            f"params.yaml's {recipe} recipe ({json.dumps(get_param(params, recipe))})\n"
+            f"   plain:   {budget.plain.describe()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", choices=[*BUDGETS, "all"], default="all")
+    parser.add_argument("--budget", nargs="+", choices=[*BUDGETS, "all"], default=["all"],
+                        help=f"one or more of {', '.join(BUDGETS)}, or all (default)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="seeds of the 10k budget (default 0 1 2); the 50k budget uses the first")
+                        help="seeds of the 10k and r50-10k budgets (default 0 1 2); the 50k budget uses the first")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a project param for the project's side, as `dvc exp run -S` (repeatable)")
+                        help="a project param for the project's side, as `dvc exp run -S` (repeatable); "
+                             "a new last key is allowed under an existing mapping")
     parser.add_argument("--skip-plain", action="store_true", help="only the project's side")
     parser.add_argument("--archive", help="the genuine cifar-100-python.tar.gz (default: ../shared parts)")
     parser.add_argument("--archive-md5", default=GENUINE_MD5)
@@ -279,51 +467,57 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
 
+    names = list(BUDGETS) if "all" in args.budget else list(dict.fromkeys(args.budget))
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     archive = genuine_archive(args.archive, scratch)
-    cifar_root = scratch / "torchvision"
-    if not (cifar_root / "cifar-100-python").exists():
-        with tarfile.open(archive) as tar:  # md5-checked above (or the caller's own copy)
-            tar.extractall(cifar_root, filter="data")
+    cifar_root = torchvision_root(archive, scratch)
     project = ProjectCopy(scratch / "project", archive, args.archive_md5)
     overrides = parse_overrides(args.overrides)
     seeds = args.seeds or [0, 1, 2]
-    plan = [(budget, seeds if budget == "10k" else seeds[:1])
-            for budget in (BUDGETS if args.budget == "all" else [args.budget])]
 
-    print(f"ResNet-18 width {WIDTH}, {EPOCHS} epochs, batch {BATCH_SIZE}, lr {LR}, warmup {WARMUP_EPOCHS} "
-          f"epoch; torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}, "
-          f"{os.cpu_count()} CPUs; project overrides: {overrides or 'none'}", flush=True)
+    print(f"budgets {names}; torch {torch.__version__}, torchvision {torchvision.__version__}, "
+          f"{torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} CPUs; "
+          f"project overrides: {overrides or 'none'}", flush=True)
     results = {}
-    for budget, budget_seeds in plan:
+    for name in names:
+        budget = BUDGETS[name]
+        budget_seeds = budget.seeds(seeds)
+        header = describe(budget, budget_seeds, project, overrides)
+        print(header, flush=True)
         rows = []
         for seed in budget_seeds:
             start = time.perf_counter()
-            row = {"seed": seed, **{f"project_{k}": v for k, v in
-                                    project.score(project.train(BUDGETS[budget], seed, overrides)).items()}}
+            model_file = project.train(budget.model, seed, budget.project, overrides)
+            row = {"seed": seed, **{f"project_{k}": v for k, v in project.score(model_file).items()}}
             row["project_s"] = time.perf_counter() - start
             if not args.skip_plain:
                 start = time.perf_counter()
-                row.update({f"plain_{k}": v for k, v in plain_run(cifar_root, BUDGETS[budget], seed).items()})
+                row.update({f"plain_{k}": v for k, v in plain_run(cifar_root, budget.plain, seed).items()})
                 row["plain_s"] = time.perf_counter() - start
                 row["top1_diff"] = row["project_top1"] - row["plain_top1"]
             rows.append(row)
-            print(f"{budget} seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k != "seed"),
-                  flush=True)
+            print(f"{name} {budget.model} seed {seed}: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k != "seed"), flush=True)
         means = {key: mean_of(rows, key) for key in rows[0] if key != "seed"}
-        results[budget] = {"seeds": rows, "mean": means}
-        print(f"{budget} mean over seeds {budget_seeds}: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()),
+        if "top1_diff" in means:
+            means["goal_met"] = means["top1_diff"] >= -GOAL_MARGIN
+        results[name] = {"model": budget.model, "issue": budget.issue, "recipe": header,
+                         "project_settings": budget.project, "plain_recipe": dataclasses.asdict(budget.plain),
+                         "seeds": rows, "mean": means}
+        print(f"{name} {budget.model} mean over seeds {budget_seeds}: "
+              + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in means.items()),
               flush=True)
-    print("\n| budget | seeds | project top-1 | project top-5 | plain top-1 | plain top-5 | difference (top-1) |"
-          " project + flip TTA |")
-    print("|---|---|---|---|---|---|---|---|")
-    for budget, result in results.items():
+    print(f"\n| budget | model | seeds | project top-1 | project top-5 | plain top-1 | plain top-5 "
+          f"| difference (top-1) | goal (>= -{GOAL_MARGIN}) | project + flip TTA |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, result in results.items():
         m = result["mean"]
-        plain = (f"{m['plain_top1']:.2f} | {m['plain_top5']:.2f} | {m['top1_diff']:+.2f}"
-                 if "plain_top1" in m else "- | - | -")
-        print(f"| {budget} | {len(result['seeds'])} | {m['project_top1']:.2f} | {m['project_top5']:.2f} | {plain} "
-              f"| {m['project_top1_tta']:.2f} |")
+        plain = (f"{m['plain_top1']:.2f} | {m['plain_top5']:.2f} | {m['top1_diff']:+.2f} "
+                 f"| {'met' if m['goal_met'] else 'missed'} (issue {result['issue']})"
+                 if "plain_top1" in m else "- | - | - | -")
+        print(f"| {name} | {BUDGETS[name].title} | {len(result['seeds'])} | {m['project_top1']:.2f} "
+              f"| {m['project_top5']:.2f} | {plain} | {m['project_top1_tta']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"overrides": overrides, "results": results}, indent=2))
 

@@ -16,8 +16,8 @@ from src.augment import pipelines
 from src.data.splits import channel_stats, stratified_holdout
 from src.params import AugmentParams
 
-PREPARED_FILES = ["classes.json", "stats.json", "test.npz", "train.npz", "transform_test.json",
-                  "transform_train.json", "transform_train_autoaugment.json"]
+# No pipelines: each train stage builds its own model's (src/augment/pipelines.py).
+PREPARED_FILES = ["classes.json", "stats.json", "test.npz", "train.npz"]
 # Everything the tests rely on is set explicitly: params.yaml defaults may change.
 FULL_PARAMS = {"seed": 0, "data.train_limit": None, "data.test_limit": None, "data.val_size": 0,
                "augment.crop": "pad", "augment.crop_padding": 4, "augment.hflip_p": 0.5,
@@ -103,28 +103,72 @@ def test_channel_stats_of_constant_images():
 # --------------------------------------------------------------------------- pipelines
 
 @pytest.mark.parametrize("params, autoaugment", [
-    (AugmentParams(), False),
-    (AugmentParams(), True),
-    (AugmentParams(crop="resized", resized_scale=(0.5, 1.0), hflip_p=0.3), False),
-    (AugmentParams(cutout_size=8, cutout_p=1.0, crop_padding=2), True),
+    (AugmentParams(), 0.0),
+    (AugmentParams(), 1.0),
+    (AugmentParams(crop="resized", resized_scale=(0.5, 1.0), resized_ratio=(0.9, 1.1), hflip_p=0.3), 0.0),
+    (AugmentParams(cutout_size=8, cutout_p=1.0, crop_padding=2, cutout_inside=True), 0.7),
 ])
-def test_pipeline_save_load_round_trip(params, autoaugment, tmp_path):
-    """A pipeline loaded from JSON gives exactly the saved one's output for the same seed."""
-    built = pipelines.build_train(params, MEAN, STD, autoaugment=autoaugment)
-    pipelines.save(built, tmp_path / "transform.json")
-    loaded = pipelines.load(tmp_path / "transform.json")
-    json.loads((tmp_path / "transform.json").read_text())  # plain JSON, hashable by DVC
+def test_pipeline_is_random_and_repeatable_from_its_seed(params, autoaugment):
+    """Two builds from the same params give the same images for the same seed (what a resumed
+    run and another process rely on), another seed gives others."""
     images = random_images(16)
 
-    def apply(pipeline, seed):
+    def apply(seed):
+        pipeline = pipelines.build_train(params, MEAN, STD, autoaugment=autoaugment)
         pipeline.set_random_seed(seed)
         return np.stack([pipeline(image=image)["image"] for image in images])
 
-    out_built, out_loaded = apply(built, 5), apply(loaded, 5)
-    assert out_built.dtype == np.float32 and out_built.shape == (16, 32, 32, 3)
-    assert_equal_arrays(out_loaded, out_built, "loaded vs built pipeline")
-    assert not np.array_equal(apply(loaded, 6), out_loaded), "the pipeline is not random"
-    assert [type(t) for t in loaded.transforms] == [type(t) for t in built.transforms]
+    out = apply(5)
+    assert out.dtype == np.float32 and out.shape == (16, 32, 32, 3)
+    assert_equal_arrays(apply(5), out, "two builds, one seed")
+    assert not np.array_equal(apply(6), out), "the pipeline is not random"
+
+
+def test_resnet50_pipeline_is_seed_001s():
+    """RandomResizedCrop(scale 0.8-1, ratio 0.9-1.1), flip, AutoAugment on 70%, Cutout, Normalize."""
+    from src.params import Params
+
+    params = Params()
+    steps = pipelines.build_train(params.model_augment("resnet50"), MEAN, STD,
+                                  params.recipe("resnet50").autoaugment).transforms
+    assert [type(t).__name__ for t in steps] == ["RandomResizedCrop", "HorizontalFlip", "AutoAugment",
+                                                  "ClippedCutout", "Normalize"]
+    assert steps[0].scale == (0.8, 1.0) and steps[0].ratio == (0.9, 1.1) and steps[2].p == 0.7
+    assert [type(t).__name__ for t in pipelines.build_train(params.model_augment("resnet18"), MEAN, STD,
+                                                             params.recipe("resnet18").autoaugment).transforms] == [
+        "Pad", "RandomCrop", "HorizontalFlip", "ClippedCutout", "Normalize"]
+
+
+def test_autoaugment_step_is_torchvisions_cifar10_policy():
+    """The step runs torchvision's v2.AutoAugment(CIFAR10) itself: the same image as torchvision's
+    for the torch seed the step drew, and the caller's torch generator is left alone."""
+    import torch
+    from torchvision.transforms import v2
+
+    from src.augment.autoaugment import AutoAugment
+
+    step, reference = AutoAugment(p=1.0), v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    step.set_random_seed(0)
+    changed = 0
+    for image in random_images(64, seed=3):
+        torch_seed = step.get_params()["torch_seed"]
+        state = torch.random.get_rng_state()
+        out = step.apply(image, torch_seed=torch_seed)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        torch.manual_seed(torch_seed)
+        expected = reference(torch.from_numpy(image).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+        assert_equal_arrays(out, expected, "AutoAugment step vs torchvision")
+        changed += not np.array_equal(out, image)
+    assert changed > 32  # most sub-policies change the image
+
+
+def test_autoaugment_probability():
+    from src.augment.autoaugment import AutoAugment
+
+    step = A.Compose([AutoAugment(p=0.7)], save_applied_params=True)
+    step.set_random_seed(0)
+    applied = np.mean([len(step(image=image)["applied_transforms"]) for image in random_images(400, seed=1)])
+    assert 0.63 < applied < 0.77
 
 
 def test_train_pipeline_hflip_only_mirrors():
@@ -156,8 +200,8 @@ def test_train_pipeline_pads_and_crops():
     assert len(shifts) > 5, f"crops are not random: {shifts}"
 
 
-def test_train_pipeline_cutout():
-    params = AugmentParams(crop_padding=0, hflip_p=0.0, cutout_size=16, cutout_p=1.0)
+def test_train_pipeline_cutout_inside():
+    params = AugmentParams(crop_padding=0, hflip_p=0.0, cutout_size=16, cutout_p=1.0, cutout_inside=True)
     mean = [0.04, 0.08, 0.12]  # fill colour round(mean * 255) = (10, 20, 31)
     uint8_part, _, _ = pipelines.split_normalize(pipelines.build_train(params, mean, STD))
     uint8_part.set_random_seed(0)
@@ -174,6 +218,27 @@ def test_train_pipeline_cutout():
     assert len(corners) > 10
 
 
+def test_train_pipeline_cutout_clipped_at_the_border():
+    """DeVries & Taylor's Cutout (the default): the hole's centre anywhere, clipped at the border."""
+    params = AugmentParams(crop_padding=0, hflip_p=0.0, cutout_size=16, cutout_p=1.0)
+    uint8_part, _, _ = pipelines.split_normalize(pipelines.build_train(params, [0.04, 0.08, 0.12], STD))
+    uint8_part.set_random_seed(0)
+    images = random_images(400, low=100, high=200)
+    areas = []
+    for image, result in zip(images, pipelines.augment_batch(uint8_part, images)):
+        changed = (image != result).any(-1)
+        ys, xs = np.nonzero(changed)
+        height, width = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+        assert changed.sum() == height * width and (result[changed] == [10, 20, 31]).all()  # one rectangle
+        # centre c in [0, 32): rows max(c - 8, 0) .. min(c + 8, 32)
+        assert height == 16 or ys.min() == 0 or ys.max() == 31
+        assert 8 <= height <= 16 and 8 <= width <= 16
+        areas.append(height * width)
+    assert min(areas) < 100 and max(areas) == 256
+    lengths = [min(c + 8, 32) - max(c - 8, 0) for c in range(32)]
+    assert abs(np.mean(areas) - (np.mean(lengths)) ** 2) < 8  # 14^2 = 196 on average, not 256
+
+
 def test_cutout_probability():
     params = AugmentParams(crop_padding=0, hflip_p=0.0, cutout_size=16, cutout_p=0.5)
     uint8_part, _, _ = pipelines.split_normalize(pipelines.build_train(params, MEAN, STD))
@@ -188,14 +253,6 @@ def test_no_cutout_when_size_or_probability_is_zero():
     for params in (AugmentParams(cutout_size=0), AugmentParams(cutout_p=0.0)):
         built = pipelines.build_train(params, MEAN, STD)
         assert not any(isinstance(t, A.CoarseDropout) for t in built.transforms)
-
-
-def test_test_pipeline_only_normalizes():
-    test = pipelines.build_test(MEAN, STD)
-    image = random_images(1)[0]
-    np.testing.assert_allclose(test(image=image)["image"], (image / 255 - MEAN) / STD, atol=1e-5)
-    uint8_part, _, _ = pipelines.split_normalize(test)
-    assert len(uint8_part.transforms) == 0
 
 
 def test_split_normalize_refuses_a_pipeline_without_normalize():
@@ -314,23 +371,6 @@ def test_stats_json(prepared, cifar_archive):
         assert stats["std"][channel] == pytest.approx(std, abs=2e-6)
     assert stats["archive_md5"] == cifar_archive.md5
     assert stats["sizes"] == {"train": 50_000, "test": 10_000}
-
-
-def test_saved_transforms_follow_params_and_stats(prepared):
-    folder = prepared.root / "data" / "prepared"
-    stats = json.loads((folder / "stats.json").read_text())
-    train = pipelines.load(folder / "transform_train.json")
-    uint8_part, mean, std = pipelines.split_normalize(train)
-    assert [type(t) for t in uint8_part.transforms] == [A.Pad, A.RandomCrop, A.HorizontalFlip,
-                                                         A.CoarseDropout]
-    np.testing.assert_allclose(mean, stats["mean"], rtol=1e-6)
-    np.testing.assert_allclose(std, stats["std"], rtol=1e-6)
-    flip, cutout = uint8_part.transforms[2], uint8_part.transforms[3]
-    assert flip.p == 0.5 and cutout.p == 0.5 and cutout.hole_height_range == (16, 16)
-    autoaugment = pipelines.load(folder / "transform_train_autoaugment.json")
-    assert any(isinstance(t, A.OneOf) for t in autoaugment.transforms)
-    test = pipelines.load(folder / "transform_test.json")
-    assert [type(t) for t in test.transforms] == [A.Normalize]
 
 
 def test_preview_png(prepared):

@@ -38,18 +38,20 @@ def albumentations_reference(pipeline, image, draws, i, padding, hole):
             out = t.apply(out, crop_coords=(x, y, x + 32, y + 32))
         elif name == "HorizontalFlip" and draws.flip[i]:
             out = t.apply(out)
-        elif name == "CoarseDropout" and draws.cutout[i]:
-            y, x = int(draws.hole_y[i]), int(draws.hole_x[i])
-            out = t.apply(out, holes=np.array([[x, y, x + hole, y + hole]]), seed=0)
+        elif name in ("CoarseDropout", "ClippedCutout") and draws.cutout[i]:
+            y, x = int(draws.hole_y[i]), int(draws.hole_x[i])  # a clipped hole's corner may be outside
+            holes = np.array([[max(x, 0), max(y, 0), min(x + hole, 32), min(y + hole, 32)]])
+            out = t.apply(out, holes=holes, seed=0)
     return out
 
 
 @pytest.mark.parametrize("augment", [{}, {"crop_padding": 0}, {"crop_padding": 2, "cutout_size": 8},
-                                     {"cutout_size": 0, "hflip_p": 1.0}])
+                                     {"cutout_size": 0, "hflip_p": 1.0}, {"cutout_inside": True},
+                                     {"cutout_size": 7, "cutout_p": 1.0}])
 def test_batch_op_equals_albumentations_for_the_same_draws(augment):
     pipeline = uint8_part(**augment)
     op = CropFlipCutout.from_pipeline(pipeline)
-    assert op is not None
+    assert op is not None and op.clipped == (not augment.get("cutout_inside", False))
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (96, 32, 32, 3), dtype=np.uint8))
     draws = op.draw(len(images), torch.Generator().manual_seed(1), torch.device("cpu"))
     out = op.apply(images, draws).numpy()
@@ -64,12 +66,29 @@ def test_draws_follow_the_params():
     op = CropFlipCutout.from_pipeline(uint8_part(crop_padding=4, hflip_p=0.5, cutout_p=0.5))
     draws = op.draw(20_000, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert draws.crop_y.min() == 0 and draws.crop_y.max() == 8
-    assert draws.hole_x.min() == 0 and draws.hole_x.max() == 16
+    # DeVries & Taylor's Cutout: the centre anywhere in the image, so the corner of a 16-pixel hole
+    # runs from -8 to 23 and the hole is clipped at the border.
+    assert draws.hole_x.min() == -8 and draws.hole_x.max() == 23
     assert abs(draws.flip.float().mean() - 0.5) < 0.02 and abs(draws.cutout.float().mean() - 0.5) < 0.02
+    inside = CropFlipCutout.from_pipeline(uint8_part(cutout_inside=True))
+    draws = inside.draw(20_000, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert draws.hole_x.min() == 0 and draws.hole_x.max() == 16
+
+
+def test_clipped_cutout_covers_what_devries_and_taylor_cover():
+    """On average a clipped 16-pixel hole covers 16 * (1 - 1/4 * 16/32)... exactly: the expected
+    clipped length per axis of a centre uniform over 0..31, checked against the op's own holes."""
+    op = CropFlipCutout(0, 0.0, 16, 1.0, (0, 0, 0), clipped=True)
+    images = torch.full((4000, 32, 32, 3), 255, dtype=torch.uint8)
+    out = op.apply(images, op.draw(len(images), torch.Generator().manual_seed(0), torch.device("cpu")))
+    covered = (out[..., 0] == 0).sum((1, 2)).double()
+    lengths = [min(c + 8, 32) - max(c - 8, 0) for c in range(32)]  # DeVries: clip(y -+ 8, 0, 32)
+    expected = (sum(lengths) / 32) ** 2
+    assert abs(covered.mean().item() - expected) < 3 and covered.max() == 256 and covered.min() == 64
 
 
 def autoaugment_part():
-    return pipelines.split_normalize(pipelines.build_train(AugmentParams(), MEAN, STD, autoaugment=True))[0]
+    return pipelines.split_normalize(pipelines.build_train(AugmentParams(), MEAN, STD, autoaugment=1.0))[0]
 
 
 def test_pipelines_beyond_crop_flip_cutout_go_through_albumentations():

@@ -18,7 +18,6 @@ PARAMS = {"seed": 0, "data.train_limit": 1000, "data.test_limit": 200, "data.val
 OUTPUTS = ["data/raw/train.npz", "data/raw/test.npz", "data/raw/meta.json",
            "data/prepared/train.npz", "data/prepared/val.npz", "data/prepared/test.npz",
            "data/prepared/classes.json", "data/prepared/stats.json",
-           "data/prepared/transform_train.json", "data/prepared/transform_test.json",
            "plots/augment_preview.png"]
 
 

@@ -36,7 +36,13 @@ def test_a_clean_repro_leaves_nothing_to_do(repo):
     ({"epochs": 2}, TRAIN_STAGES),
     ({"model.resnet50.mixup_alpha": 0.4}, {"train-resnet50"}),
     ({"model.resnet18.lr_scale": 0.5}, {"train-resnet18"}),
-    ({"augment.cutout_p": 0.25}, {"augment"}),  # the train stages follow once augment re-runs
+    # A shared augmentation key reaches every model (and the augment stage's preview); a model's
+    # override, its AutoAugment probability or the preview alone reach only their own stage.
+    ({"augment.cutout_p": 0.25}, {"augment"} | TRAIN_STAGES),
+    ({"augment.preview_images": 4}, {"augment"}),
+    ({"model.resnet50.augment": {"crop": "pad"}}, {"train-resnet50"}),
+    ({"model.resnet50.autoaugment": 0.0}, {"train-resnet50"}),
+    ({"model.resnet18.augment": {"cutout_inside": True}}, {"train-resnet18"}),
     ({"model.width": 3}, TRAIN_STAGES),
     ({"model.dropout": 0.2}, TRAIN_STAGES),
     ({"model.zero_init_residual": True}, TRAIN_STAGES),

@@ -28,7 +28,11 @@ BAD_INPUTS = [  # (key, value, words the one-line message must contain)
     ("augment.crop", "random", "'pad' or 'resized'"),
     ("augment.cutout_p", 1.5, "less than or equal to 1"),
     ("augment.resized_scale", [0.9, 0.2], "0 < low <= high <= 1"),
-    ("model.resnet50.autoaugment", "yes", "valid boolean"),
+    ("model.resnet50.autoaugment", "yes", "valid number"),
+    ("model.resnet50.autoaugment", True, "probability of applying the AutoAugment policy"),
+    ("model.resnet50.autoaugment", 1.5, "less than or equal to 1"),
+    ("augment.resized_ratio", [1.2, 0.8], "0 < low <= high"),
+    ("augment.cutout_inside", "yes", "valid boolean"),
     ("model.resnet18.mixup_alpha", -0.2, "greater than or equal to 0"),
     ("train.schedule", "step", "'cosine' or 'onecycle'"),
     ("train.momentum", 1.0, "less than 1"),
@@ -97,6 +101,40 @@ def test_one_gpu_by_index_means_one_process():
         params = parse_params(with_value(with_value(default_raw(), "runtime.device", "cuda:1"),
                                          "runtime.nproc_per_node", nproc))
         assert params.runtime.device == "cuda:1"
+
+
+@pytest.mark.parametrize("override, words", [
+    ({"offline_copies": 2}, "model.resnet18.augment.offline_copies is not a key a model can override: use one "
+                            "of crop, crop_padding"),
+    ({"crops": "pad"}, "model.resnet18.augment.crops is not a key a model can override"),
+    ({"crop": "random"}, "model.resnet18.augment.crop = 'random' is not allowed: Input should be 'pad' or 'resized'"),
+    ({"resized_scale": [0.9, 0.2]}, "model.resnet18.augment.resized_scale = [0.9, 0.2] is not allowed: must be "
+                                    "[low, high] with 0 < low <= high <= 1"),
+])
+def test_a_bad_model_augment_override_names_the_key(override, words):
+    raw = with_value(default_raw(), "model.resnet18.augment", override)
+    with pytest.raises(UserError) as error:
+        parse_params(raw)
+    message = str(error.value)
+    assert len(message.splitlines()) == 1 and words in message, message
+
+
+def test_model_augment_overrides_only_the_keys_it_names():
+    raw = with_value(default_raw(), "augment.cutout_size", 8)
+    raw = with_value(with_value(raw, "augment.crop_padding", 2), "model.resnet18.augment", {"crop": "resized"})
+    params = parse_params(raw)
+    assert params.model_augment("resnet18").crop == "resized"
+    assert params.model_augment("resnet18").cutout_size == 8  # not overridden: the shared key reaches it
+    assert params.model_augment("resnet34").crop == "pad" and params.model_augment("resnet34").crop_padding == 2
+    resnet50 = params.model_augment("resnet50")  # seed 001's crop stays, the shared cutout reaches it
+    assert (resnet50.crop, resnet50.resized_scale, resnet50.resized_ratio, resnet50.cutout_size) == (
+        "resized", (0.8, 1.0), (0.9, 1.1), 8)
+
+
+def test_warmup_scales_with_the_model_epochs():
+    params = parse_params(default_raw())
+    assert params.model_warmup_epochs("resnet18") == params.train.warmup_epochs == 5
+    assert params.model_warmup_epochs("resnet50") == 10 and params.model_epochs("resnet50") == 200
 
 
 def test_val_size_counts_against_the_train_limit():

@@ -61,6 +61,35 @@ def test_repro_exp_run_and_diffs_end_to_end(repo):
         print(f"{name}: {seconds:.1f} s")
 
 
+def _prepared_md5(repo) -> str:
+    lock = yaml.safe_load((repo.root / "dvc.lock").read_text())["stages"]
+    return {out["path"]: out["md5"] for out in lock["augment"]["outs"]}["data/prepared"]
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["model.resnet50.augment.crop=pad"], {"train-resnet50", "evaluate", "report"}),
+    (["model.resnet50.autoaugment=0"], {"train-resnet50", "evaluate", "report"}),
+    (["+model.resnet18.augment.cutout_inside=true"], {"train-resnet18", "evaluate", "report"}),
+    (["augment.cutout_size=8"], {"augment"} | AFTER_TRAIN),  # the shared key reaches every model
+])
+def test_augmentation_changes_retrain_the_models_they_reach_and_never_change_prepared_data(
+        repo, overrides, expected):
+    assert baseline, "runs after test_repro_exp_run_and_diffs_end_to_end"
+    prepared = _prepared_md5(repo)
+    exp = ok(repo.dvc("exp", "run", *[arg for o in overrides for arg in ("-S", o)]))
+    assert ran(exp) == expected, exp.stdout
+    assert _prepared_md5(repo) == prepared, "data/prepared changed"
+    import torch  # the model files record the augmentation they were trained with
+    recorded = {m: torch.load(repo.root / f"models/{m}.pt", weights_only=True)["params"]["augment"]
+                for m in ("resnet18", "resnet50")}
+    params = repo.params()
+    assert recorded["resnet50"]["autoaugment"] == params["model"]["resnet50"]["autoaugment"]
+    assert recorded["resnet50"]["crop"] == params["model"]["resnet50"]["augment"].get("crop", "pad")
+    assert recorded["resnet18"]["cutout_inside"] == params["model"]["resnet18"]["augment"].get(
+        "cutout_inside", params["augment"]["cutout_inside"])
+    assert recorded["resnet18"]["cutout_size"] == recorded["resnet50"]["cutout_size"] == params["augment"]["cutout_size"]
+
+
 def _stages_listing(relative: str) -> set[str]:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     return {name for name, stage in stages.items() if relative in stage.get("deps", [])}

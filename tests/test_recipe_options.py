@@ -205,9 +205,11 @@ def test_precision_and_layout_resolve_from_params_and_the_cpu():
         assert runtime.memory_format == (torch.channels_last if choice else torch.contiguous_format)
 
 
-def test_bf16_autocast_trains_two_epochs_on_cpu_and_learns(prepared, tmp_path):
+def test_bf16_autocast_trains_three_epochs_on_cpu_and_learns(prepared, tmp_path):
+    # Three epochs: after two, held-out accuracy at width 4 is 4-7% depending on the seed's draws,
+    # too close to the bound below; after three it is 12-16% (seeds 0-2).
     project = clone(prepared, tmp_path / "bf16")
-    project.set_params({"runtime.precision": "bf16", "runtime.device": "cpu", "epochs": 2, "batch_size": 32})
+    project.set_params({"runtime.precision": "bf16", "runtime.device": "cpu", "epochs": 3, "batch_size": 32})
     result = ok(train(project))
     assert "cpu, bf16" in result.stdout
     state = weights(project)

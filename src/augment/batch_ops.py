@@ -9,7 +9,9 @@ augment stage's JSON stays the single definition, and they give albumentations'
 exact image for the same random draws (tests/test_batch_augment.py):
   Pad(p) + RandomCrop(32): top-left corner uniform in [0, 2p]^2 of the padded image
   HorizontalFlip(p)
-  CoarseDropout, one hole of side s: top-left uniform in [0, 32 - s]^2, filled with `fill`
+  ClippedCutout, one hole of side s: centre uniform in [0, 32)^2, top-left = centre - s // 2,
+    clipped at the border (DeVries & Taylor's Cutout), filled with `fill`
+  CoarseDropout (augment.cutout_inside), one hole of side s: top-left uniform in [0, 32 - s]^2
 A pipeline with anything else (AutoAugment, RandomResizedCrop) runs through
 albumentations, image by image, in the workers.
 """
@@ -22,8 +24,10 @@ import cv2
 import numpy as np
 import torch
 
-# The steps the op covers, in the order the augment stage builds them.
-ORDER = (A.Pad, A.RandomCrop, A.HorizontalFlip, A.CoarseDropout)
+from src.augment.cutout import ClippedCutout
+
+# The steps the op covers, in the order src/augment/pipelines.py builds them (either cutout last).
+ORDER = ((A.Pad,), (A.RandomCrop,), (A.HorizontalFlip,), (A.CoarseDropout, ClippedCutout))
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class Draws:
     crop_x: torch.Tensor
     flip: torch.Tensor       # bool
     cutout: torch.Tensor     # bool
-    hole_y: torch.Tensor
+    hole_y: torch.Tensor     # top-left corner of the hole (negative: clipped at the border)
     hole_x: torch.Tensor
 
     def take(self, part: slice) -> "Draws":
@@ -48,15 +52,16 @@ class CropFlipCutout:
     hole: int                # cutout side in pixels, 0: none
     cutout_p: float
     fill: tuple[int, int, int]
+    clipped: bool = True     # ClippedCutout (centre anywhere); False: CoarseDropout (hole inside)
 
     @classmethod
     def from_pipeline(cls, pipeline: A.Compose) -> "CropFlipCutout | None":
         """The equivalent batch op for a pipeline's uint8 part, or None if it has other steps
         (or these in another order, where the same draws would give another image)."""
-        settings = {"padding": 0, "hflip_p": 0.0, "hole": 0, "cutout_p": 0.0, "fill": (0, 0, 0)}
+        settings = {"padding": 0, "hflip_p": 0.0, "hole": 0, "cutout_p": 0.0, "fill": (0, 0, 0), "clipped": True}
         done, cropped = -1, False
         for t in pipeline.transforms:
-            step = next((i for i, kind in enumerate(ORDER) if type(t) is kind), None)
+            step = next((i for i, kinds in enumerate(ORDER) if type(t) in kinds), None)
             if step is None or step <= done:
                 return None
             done = step
@@ -70,12 +75,12 @@ class CropFlipCutout:
                 cropped = True
             elif isinstance(t, A.HorizontalFlip):
                 settings["hflip_p"] = t.p
-            else:  # CoarseDropout: one square hole of a fixed side
+            else:  # ClippedCutout or CoarseDropout: one square hole of a fixed side
                 if not (tuple(t.num_holes_range) == (1, 1) and t.hole_height_range[0] >= 1
                         and t.hole_height_range[0] == t.hole_height_range[1] == t.hole_width_range[0]
                         == t.hole_width_range[1]):
                     return None
-                settings.update(hole=int(t.hole_height_range[0]), cutout_p=t.p,
+                settings.update(hole=int(t.hole_height_range[0]), cutout_p=t.p, clipped=type(t) is ClippedCutout,
                                 fill=tuple(int(v) for v in np.broadcast_to(t.fill, 3)))
         if settings["padding"] and not cropped:  # a padded 40x40 image: not what the op returns
             return None
@@ -88,8 +93,13 @@ class CropFlipCutout:
         def coin(p: float) -> torch.Tensor:
             return torch.rand(n, generator=generator, device=device) < p
 
+        def hole_corner() -> torch.Tensor:
+            if self.clipped:  # centre anywhere in the image
+                return uniform_int(31) - self.hole // 2
+            return uniform_int(32 - self.hole)
+
         return Draws(uniform_int(2 * self.padding), uniform_int(2 * self.padding), coin(self.hflip_p),
-                     coin(self.cutout_p), uniform_int(32 - self.hole), uniform_int(32 - self.hole))
+                     coin(self.cutout_p), hole_corner(), hole_corner())
 
     def apply(self, images: torch.Tensor, draws: Draws) -> torch.Tensor:
         """uint8 (N, 32, 32, C) -> uint8 (N, 32, 32, C), as albumentations would for these draws."""

@@ -1,7 +1,9 @@
-"""Build, save and load the albumentations train and test pipelines.
+"""Build the albumentations training pipeline from params: the one definition of the augmentation.
 
-The augment stage is the only place they are built; it saves them as JSON so
-training loads exactly that pipeline and DVC hashes it. Every pipeline ends with
+Each train stage builds its own model's pipeline from the shared `augment.*` keys with the
+model's `model.<name>.augment` overrides and AutoAugment probability, and records those settings
+in the model file; the augment stage builds the shared one for its offline copies and preview.
+So changing one model's augmentation re-runs that model only. Every pipeline ends with
 Normalize. The uint8 part before it runs in loader workers or on the GPU: the
 standard crop/flip/cutout as one op on whole batches (src/augment/batch_ops.py),
 anything else image by image here. The final Normalize is applied to whole batches
@@ -11,60 +13,49 @@ from __future__ import annotations
 
 import random
 
-from pathlib import Path
-
 import albumentations as A
 import cv2
 import numpy as np
 
-from src.augment.autoaugment import cifar10_policy
-from src.params import AugmentParams
+from src.augment.autoaugment import AutoAugment
+from src.augment.cutout import ClippedCutout
+from src.params import ModelAugment
 
 IMAGE_SIZE = 32
 
 
-def build_train(params: AugmentParams, mean: list[float], std: list[float],
-                autoaugment: bool = False) -> A.Compose:
+def build_train(params: ModelAugment, mean: list[float], std: list[float],
+                autoaugment: float = 0.0) -> A.Compose:
+    """crop, flip, AutoAugment with probability `autoaugment` (0: none), cutout, Normalize:
+    the order of the seeds (AutoAugment before cutout, as in DeVries & Taylor's and seed 001's)."""
     if params.crop == "pad":
         # A.Pad, not PadIfNeeded: albumentations 2.0.8 cannot load a saved PadIfNeeded.
         pad = [A.Pad(params.crop_padding, fill=0, border_mode=cv2.BORDER_CONSTANT)]
         crop = [*pad[:params.crop_padding > 0], A.RandomCrop(IMAGE_SIZE, IMAGE_SIZE)]
     else:
-        crop = [A.RandomResizedCrop((IMAGE_SIZE, IMAGE_SIZE), scale=params.resized_scale)]
+        crop = [A.RandomResizedCrop((IMAGE_SIZE, IMAGE_SIZE), scale=params.resized_scale,
+                                    ratio=params.resized_ratio)]
     steps = [*crop, A.HorizontalFlip(p=params.hflip_p)]
-    if autoaugment:
-        steps.append(cifar10_policy())
+    if autoaugment > 0:
+        steps.append(AutoAugment(p=autoaugment))
     if params.cutout_size > 0 and params.cutout_p > 0:
         # Fill with the mean colour, which Normalize maps to 0, as in the Cutout paper.
-        fill = tuple(round(m * 255) for m in mean)
-        steps.append(A.CoarseDropout(num_holes_range=(1, 1),
-                                     hole_height_range=(params.cutout_size, params.cutout_size),
-                                     hole_width_range=(params.cutout_size, params.cutout_size),
-                                     fill=fill, p=params.cutout_p))
+        fill, size = tuple(round(m * 255) for m in mean), params.cutout_size
+        steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(size, size),
+                                     hole_width_range=(size, size), fill=fill, p=params.cutout_p)
+                     if params.cutout_inside else ClippedCutout(size, fill, p=params.cutout_p))
     return A.Compose([*steps, _normalize(mean, std)])
-
-
-def build_test(mean: list[float], std: list[float]) -> A.Compose:
-    return A.Compose([_normalize(mean, std)])
 
 
 def _normalize(mean: list[float], std: list[float]) -> A.Normalize:
     return A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)
 
 
-def save(pipeline: A.Compose, path: str | Path) -> None:
-    A.save(pipeline, str(path), data_format="json")
-
-
-def load(path: str | Path) -> A.Compose:
-    return A.load(str(path), data_format="json")
-
-
 def split_normalize(pipeline: A.Compose) -> tuple[A.Compose, np.ndarray, np.ndarray]:
-    """Split a saved pipeline into its uint8 part and the final Normalize's mean and std."""
+    """Split a built pipeline into its uint8 part and the final Normalize's mean and std."""
     *steps, normalize = pipeline.transforms
     if not isinstance(normalize, A.Normalize) or normalize.max_pixel_value != 255.0:
-        raise ValueError("a pipeline from the augment stage ends with Normalize(max_pixel_value=255)")
+        raise ValueError("a pipeline from build_train ends with Normalize(max_pixel_value=255)")
     uint8_part = A.Compose(steps)
     return uint8_part, np.asarray(normalize.mean, np.float32), np.asarray(normalize.std, np.float32)
 

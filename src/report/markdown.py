@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# From DESIGN.md: published numbers the default recipe aims to beat. Never measured by this
+# The published numbers the default recipe aims to beat (README, Recipe: the seeds). Never measured by this
 # pipeline, so the report prints them apart from (and marked unlike) the measured ones.
 REFERENCE = {
     "resnet18": {"top1": "78.33 (seed, 100 epochs)", "top5": "n/a"},

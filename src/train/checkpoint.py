@@ -45,14 +45,17 @@ def code_hash() -> str:
     return files_md5(list(files))
 
 
-def training_record(name: str, params: Params, runtime: Runtime, processes: int, transform: str,
-                    heldout: str) -> dict:
+def training_record(name: str, params: Params, runtime: Runtime, processes: int, heldout: str) -> dict:
     """What made the weights: stored in the model file, and hashed into the resume fingerprint."""
     return {"model": name, "seed": params.seed, "lr": params.model_lr(name), "epochs": params.model_epochs(name),
+            "warmup_epochs": params.model_warmup_epochs(name),
             "batch_size": params.batch_size, "width": params.model.width,
             "zero_init_residual": params.model.zero_init_residual, "dropout": params.model.dropout,
             "recipe": params.recipe(name).model_dump(), "train": params.train.model_dump(),
-            "transform": transform, "heldout": heldout,
+            # The augmentation as built: the shared keys with the model's overrides.
+            "augment": {**params.model_augment(name).model_dump(mode="json"),
+                        "autoaugment": params.recipe(name).autoaugment},
+            "heldout": heldout,
             "runtime": {"device": str(runtime.device), "compile": runtime.compile,
                         "gpu_augment": runtime.gpu_augment, "precision": runtime.precision,
                         "channels_last": runtime.channels_last, "processes": processes,

@@ -1,6 +1,6 @@
 """An exponential moving average (EMA) of the weights, on torch's AveragedModel.
 
-BatchNorm statistics are averaged with the weights (use_buffers=True), as timm's ModelEma
+BatchNorm statistics are averaged with the weights (use_buffers=True), as timm's ModelEmaV2
 does: the averaged weights are scored with averaged running means and variances, never
 with the statistics of the live model they no longer match.
 """
@@ -15,8 +15,10 @@ class WeightAverage:
     """EMA of `model`'s parameters and buffers, updated after every optimizer step.
 
     decay: the weight of the old average per step (0.999: a horizon of about 1,000 steps).
-    warmup: use min(decay, (1 + n) / (10 + n)) at update n (timm's ModelEmaV2 warm-up), so a
-    short run's average is not dominated by the random initial weights.
+    warmup: use min(decay, (1 + n) / (10 + n)) at update n, TensorFlow's
+    ExponentialMovingAverage(num_updates=n) rule (timm's ModelEmaV2 has no warm-up; ModelEmaV3's is
+    1 - (1 + n / gamma) ** -power), so a short run's average is not dominated by the random
+    initial weights.
     """
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool):
