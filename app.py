@@ -140,8 +140,8 @@ def top1_text(metrics: dict | None) -> str:
     if metrics is None:
         return "not evaluated yet: `dvc repro evaluate`"
     text = f"{metrics['top1']:.2f}%"
-    if isinstance(metrics.get("top1_ci95"), list) and len(metrics["top1_ci95"]) == 2:
-        low, high = metrics["top1_ci95"]
+    low, high = metrics.get("top1_low"), metrics.get("top1_high")
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)):
         text += f" ({low:.2f}-{high:.2f})"
     return text
 

@@ -64,7 +64,8 @@ def main() -> None:
                           "train pipeline": pipelines.augment_batch(standard, sample),
                           "train + AutoAugment": pipelines.augment_batch(autoaugment, sample)},
                          preview, columns=8)
-    print(f"wrote {OUT_DIR}/ ({stats['sizes']}) and {PREVIEW}")
+    sizes = ", ".join(f"{split} {count:,}" for split, count in stats["sizes"].items())
+    print(f"wrote {OUT_DIR}/ ({sizes} images) and {PREVIEW}")
 
 
 if __name__ == "__main__":

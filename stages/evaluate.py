@@ -3,13 +3,16 @@
     python -m stages.evaluate            (run by `dvc repro evaluate`)
 
 In:  models/<name>.pt, data/prepared/ (test.npz, classes.json, stats.json), params evaluate, runtime
-Out: metrics/<name>.json             top1/top5 with 95% bootstrap intervals, loss, ECE, macro P/R/F1,
-                                     per-superclass accuracy, parameters, provenance; rounded, so
-                                     identical runs give identical bytes
-     metrics/summary.json            the headline numbers of the three side by side, and `comparisons`:
+Out: metrics/<name>.json             DVC metrics, the headline numbers: top1, top5 and their 95%
+                                     bootstrap bounds, loss, ECE, macro F1; rounded, so identical
+                                     runs give identical bytes
+     metrics/summary.json            DVC metric: each model's top1 side by side, and `comparisons`:
                                      each pair's top-1 difference, its interval, McNemar p (+ Holm)
-     metrics/timing/<name>.json      throughput and latency on this device (apart: they vary per run)
-     plots/confusion/<name>.csv      actual,predicted class name of every test image (DVC confusion)
+     metrics/detail/<name>.json      the rest: macro precision/recall, per-superclass accuracy,
+                                     parameters, weights scored, provenance (not a DVC metric)
+     metrics/timing/<name>.json      throughput and latency on this device over several passes
+                                     (apart, and not a DVC metric: they vary per run)
+     plots/confusion/<name>.csv      actual,predicted superclass of every test image (DVC confusion)
      plots/reliability/<name>.csv    per confidence bin: confidence, accuracy, count
      plots/per_class/<name>.csv      accuracy of each class, grouped by superclass
      plots/predictions/<name>.csv    index,label,prediction,confidence,top5 of every test image
@@ -46,37 +49,42 @@ def main() -> None:
     states = {name: load_state(f"models/{name}.pt", prepared_hash) for name in MODELS}
     print(f"evaluating {', '.join(MODELS)} on {len(test['fine_labels'])} test images, {_device(runtime)}")
 
-    outputs, timings = {}, {}
+    outputs, built = {}, {}
     for name, state in states.items():
-        model, normalize = build_trained(state, runtime)
+        built[name] = model, normalize = build_trained(state, runtime)
         # Eager even with runtime.compile: compiling for one pass over 10,000 images (and for
         # each new batch shape) costs more than it saves.
         logits = predict_logits(model, test["images"], normalize, runtime, batch_size,
                                 hflip_tta=params.evaluate.hflip_tta)
         outputs[name] = results.model_results(logits, test, classes)
-        outputs[name]["metrics"].update(hflip_tta=params.evaluate.hflip_tta,
-                                        ema=bool(state.get("ema", False)),
-                                        parameters=count_parameters(model),
-                                        provenance=_provenance(state, runtime, archive_md5, prepared_hash))
-        timings[name] = timing.measure(model, test["images"], normalize, runtime, batch_size)
-        timings[name].update(device=_device(runtime), torch=str(torch.__version__))
-        m, t = outputs[name]["metrics"], timings[name]
-        print(f"{name}: top1 {m['top1']:.2f}% top5 {m['top5']:.2f}% loss {m['loss']:.4f} "
-              f"ECE {m['ece']:.2f}% | {t['throughput_img_s']:.0f} img/s, {t['latency_ms']:.2f} ms/image")
+        outputs[name]["detail"].update(hflip_tta=params.evaluate.hflip_tta, ema=bool(state.get("ema", False)),
+                                       parameters=count_parameters(model),
+                                       provenance=_provenance(state, runtime, archive_md5, prepared_hash))
+        m = outputs[name]["metrics"]
+        print(f"{name}: top1 {m['top1']:.2f}% top5 {m['top5']:.2f}% loss {m['loss']:.4f} ECE {m['ece']:.2f}%")
+    # Timed after every model is scored, the models taking turns (src/evaluate/timing.py).
+    timings = timing.measure(built, test["images"], runtime, batch_size)
+    for name, t in timings.items():
+        t.update(device=_device(runtime), torch=str(torch.__version__))
+        print(f"{name}: {t['throughput_img_s']:.0f} img/s (passes {t['throughput_img_s_range'][0]:.0f}-"
+              f"{t['throughput_img_s_range'][1]:.0f}), {t['latency_ms']:.2f} ms/image "
+              f"({t['latency_ms_range'][0]:.2f}-{t['latency_ms_range'][1]:.2f})")
 
     # Everything is computed before anything is written, and new files replace old ones only once
     # all are written. Plot tables are replaced one by one, not as folders: DVC keeps the
     # .gitignore of these cached outputs beside them.
     with staged_dir("metrics") as metrics_dir, ExitStack() as plot_files:
         (metrics_dir / "timing").mkdir()
+        (metrics_dir / "detail").mkdir()
         for name, output in outputs.items():
             files.write_json(metrics_dir / f"{name}.json", output["metrics"])
+            files.write_json(metrics_dir / "detail" / f"{name}.json", output["detail"])
             files.write_json(metrics_dir / "timing" / f"{name}.json", timings[name])
             for table in ("confusion", "reliability", "per_class", "predictions"):
                 files.write_csv(plot_files.enter_context(staged_file(f"plots/{table}/{name}.csv")),
                                 output[table])
         files.write_json(metrics_dir / "summary.json",
-                         results.summary({name: o["metrics"] for name, o in outputs.items()},
+                         results.summary({name: o["metrics"]["top1"] for name, o in outputs.items()},
                                          {name: o["correct"] for name, o in outputs.items()}))
     print("wrote metrics/, plots/confusion/, plots/reliability/, plots/per_class/, plots/predictions/")
 

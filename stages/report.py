@@ -2,13 +2,14 @@
 
     python -m stages.report              (run by `dvc repro report`)
 
-In:  metrics/<name>.json, metrics/summary.json (comparisons), metrics/timing/<name>.json,
-     plots/{confusion,reliability,predictions}/<name>.csv, plots/train/<name>/ (DVCLive),
-     data/prepared/classes.json,
+In:  metrics/<name>.json, metrics/detail/<name>.json, metrics/summary.json (comparisons),
+     metrics/timing/<name>.json, plots/{reliability,predictions}/<name>.csv,
+     plots/train/<name>/ (DVCLive), data/prepared/classes.json,
      params seed, lr, epochs, batch_size, data, augment, model, train, evaluate, runtime (printed)
-Out: plots/report.md      side-by-side results with intervals and the reference numbers, which
-                          differences are real, per-class P/R/F1, pairs most confused,
-                          params and data hash the numbers came from
+Out: plots/report.md      side-by-side results with intervals and, at the reference recipe's scale,
+                          the difference to the published numbers; which differences are real,
+                          per-class P/R/F1, pairs most confused, params and data hash
+                          the numbers came from
      plots/report/*.png   training curves, confusion heatmaps, per-superclass accuracy, reliability
 """
 import os
@@ -30,18 +31,23 @@ PRINTED_PARAMS = ("seed", "lr", "epochs", "batch_size", "data", "augment", "mode
 def main() -> None:
     params = load_params()
     classes = inputs.read_json("data/prepared/classes.json", "augment")
-    metrics = {m: inputs.read_json(f"metrics/{m}.json", "evaluate") for m in MODELS}
+    # Each model's headline metrics and its detail, as one dict per model.
+    metrics = {m: {**inputs.read_json(f"metrics/{m}.json", "evaluate"),
+                   **inputs.read_json(f"metrics/detail/{m}.json", "evaluate")} for m in MODELS}
     timing = {m: inputs.read_json(f"metrics/timing/{m}.json", "evaluate") for m in MODELS}
     curves = {m: inputs.training_curves(f"plots/train/{m}", m) for m in MODELS}
     heldout = inputs.read_json(f"plots/train/{MODELS[0]}/metrics.json", f"train-{MODELS[0]}")
     heldout = heldout.get("heldout_split", "held-out").split()[0]
     reliability = {m: inputs.read_table(f"plots/reliability/{m}.csv", "evaluate") for m in MODELS}
     comparisons = inputs.comparisons("metrics/summary.json")
-    class_scores = {m: per_class.class_scores(inputs.read_table(f"plots/predictions/{m}.csv", "evaluate"),
-                                              classes["fine"]) for m in MODELS}
+    predictions = {m: inputs.read_table(f"plots/predictions/{m}.csv", "evaluate") for m in MODELS}
+    class_scores = {m: per_class.class_scores(predictions[m], classes["fine"]) for m in MODELS}
     names, groups = inputs.class_order(classes)
-    counts = {m: inputs.confusion_counts(inputs.read_table(f"plots/confusion/{m}.csv", "evaluate"), names)
-              for m in MODELS}
+    counts = {m: inputs.confusion_counts(predictions[m], classes["fine"], names) for m in MODELS}
+    departures = markdown.scale_departures(
+        {"model.width": params.model.width, "data.train_limit": params.data.train_limit,
+         "data.test_limit": params.data.test_limit, "data.val_size": params.data.val_size},
+        {m: params.model_epochs(m) for m in MODELS})
     data_hashes = {values["provenance"]["prepared_data_hash"] for values in metrics.values()}
     if len(data_hashes) != 1:
         raise UserError(f"the metrics files come from different prepared data ({sorted(data_hashes)}): "
@@ -71,7 +77,7 @@ def main() -> None:
             report.write_text(markdown.document(
                 metrics, timing, links, heldout=heldout, pairs=pairs, comparisons=comparisons,
                 per_class=markdown.per_class_section(best_worst), data_hash=data_hashes.pop(),
-                params_yaml=printed))
+                params_yaml=printed, departures=departures))
     print(f"wrote {REPORT} and {FIGURES}/")
 
 

@@ -131,7 +131,15 @@ def train(name: str, params: Params, runtime: Runtime, processes: distributed.Pr
                          "classes": json.loads(Path(f"{PREPARED}/classes.json").read_text())["fine"],
                          "history": history, "versions": checkpoint.versions()}, f"models/{name}.pt")
         Path(ckpt_path).unlink(missing_ok=True)  # finished: nothing to resume
-        print(f"{name}: wrote models/{name}.pt ({json.dumps(history[-1])})")
+        print(_closing_line(name, heldout_split, history))
+
+
+def _closing_line(name: str, heldout_split: str, history: list[dict]) -> str:
+    """One sentence: held-out top-1 at the end, training time and speed (resumed epochs included)."""
+    seconds = sum(row["seconds"] for row in history)
+    images = sum(row["images_per_s"] * row["seconds"] for row in history)
+    return (f"{name}: {heldout_split} top-1 {history[-1]['heldout_acc']:.2f}% after {len(history)} epochs, "
+            f"{seconds:,.0f} s of training at {images / seconds:,.0f} img/s; wrote models/{name}.pt")
 
 
 def _batch_mix(params: Params, name: str, runtime: Runtime) -> BatchMix | None:

@@ -159,7 +159,7 @@ def test_the_page_shows_metrics_params_and_examples(server, project):
     table = next(t for t in texts if t and t.startswith("| model"))
     for name in MODELS:
         metrics = json.loads((project.root / f"metrics/{name}.json").read_text())
-        low, high = metrics["top1_ci95"]
+        low, high = metrics["top1_low"], metrics["top1_high"]
         row = f"| {name} | {metrics['top1']:.2f}% ({low:.2f}-{high:.2f}) | epochs 1, lr 0.1, batch 100, width 2"
         assert row in table, table
     examples = next(c for c in config["components"] if c.get("type") == "dataset")

@@ -37,9 +37,12 @@ TINY = {"data.train_limit": 300, "data.test_limit": 100, "data.val_size": 0,
 TEST_IMAGES, EVAL_BATCH = TINY["data.test_limit"], TINY["runtime.eval_batch_size"]
 WIDTHS = {"resnet18": 2, "resnet34": 3, "resnet50": 2}  # tiny: speed only
 PLOT_TABLES = ("confusion", "reliability", "per_class", "predictions")
-ACCURACY_FILES = ([f"metrics/{m}.json" for m in MODELS] + ["metrics/summary.json"]
+METRIC_FILES = [f"metrics/{m}.json" for m in MODELS] + ["metrics/summary.json"]  # DVC metrics
+DETAIL_FILES = [f"metrics/detail/{m}.json" for m in MODELS]
+ACCURACY_FILES = (METRIC_FILES + DETAIL_FILES
                   + [f"plots/{kind}/{m}.csv" for kind in PLOT_TABLES for m in MODELS])
 TIMING_FILES = [f"metrics/timing/{m}.json" for m in MODELS]
+HEADLINE = {"top1", "top1_low", "top1_high", "top5", "top5_low", "top5_high", "loss", "ece", "macro_f1"}
 
 
 def expected_device() -> str:
@@ -124,13 +127,16 @@ def test_model_results_on_a_small_split():
     logits = torch.tensor([[4.0, 0, 0, 0], [0, 0, 4.0, 0], [0, 0, 4.0, 0], [0, 0, 0, 4.0]])
     split = {"fine_labels": np.array([0, 1, 2, 3]), "coarse_labels": np.array([0, 0, 1, 1])}
     out = results.model_results(logits, split, classes)
-    m = out["metrics"]
+    m, detail = out["metrics"], out["detail"]
+    assert set(m) == HEADLINE  # plain numbers only: what DVC's tables list
     assert m["top1"] == pytest.approx(75) and m["top5"] == pytest.approx(100)
-    assert m["superclass_top1"] == pytest.approx(75)  # a1 predicted as b0: wrong superclass
-    assert m["per_superclass"] == pytest.approx({"A": 50.0, "B": 100.0})
+    assert detail["superclass_top1"] == pytest.approx(75)  # a1 predicted as b0: wrong superclass
+    assert detail["per_superclass"] == pytest.approx({"A": 50.0, "B": 100.0})
     assert m["loss"] == pytest.approx(torch.nn.functional.cross_entropy(
         logits, torch.tensor([0, 1, 2, 3])).item())
-    assert out["confusion"][1] == {"actual": "a1", "predicted": "b0"}
+    # DVC's confusion plot is by superclass: a1 (of A) predicted as b0 (of B)
+    assert out["confusion"] == [{"actual": "A", "predicted": "A"}, {"actual": "A", "predicted": "B"},
+                                {"actual": "B", "predicted": "B"}, {"actual": "B", "predicted": "B"}]
     assert [(r["class"], r["superclass"], r["accuracy"]) for r in out["per_class"]] == [
         ("a0", "A", 100.0), ("a1", "A", 0.0), ("b0", "B", 100.0), ("b1", "B", 100.0)]
     assert sum(r["count"] for r in out["reliability"]) == 4
@@ -143,8 +149,8 @@ def test_model_results_on_a_small_split():
     assert [r["prediction"] for r in out["predictions"]] == [0, 2, 2, 3]
     for row in out["predictions"]:  # 4 classes: all of them, the predicted one first
         assert row["top5"].split()[0] == str(row["prediction"]) and sorted(row["top5"].split()) == list("0123")
-    low, high = m["top1_ci95"]
-    assert 0 <= low <= 75 <= high <= 100 and m["top5_ci95"] == [100.0, 100.0]
+    assert 0 <= m["top1_low"] <= 75 <= m["top1_high"] <= 100
+    assert m["top5_low"] == m["top5_high"] == 100.0
 
 
 def test_rounded_json_is_deterministic(tmp_path):
@@ -157,15 +163,19 @@ def test_rounded_json_is_deterministic(tmp_path):
     assert "-0.0" not in text
 
 
-def test_timing_on_a_tiny_model():
+def test_timing_of_tiny_models_over_passes():
     runtime = resolve(RuntimeParams(device="cpu", compile=False))
-    model = build_model("resnet18", width=2)
+    models = {name: (build_model(name, width=2), Normalizer([0.5] * 3, [0.25] * 3, runtime.device,
+                                                           runtime.channels_last)) for name in ("resnet18", "resnet50")}
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     assert len(batch_of(images, 12)) == 12  # a split smaller than one batch is repeated
-    normalize = Normalizer([0.5] * 3, [0.25] * 3, runtime.device, runtime.channels_last)
-    timing = measure(model, images, normalize, runtime, batch_size=8, min_seconds=0.05)
-    assert timing["batch_size"] == 8
-    assert timing["throughput_img_s"] > 0 and timing["latency_ms"] > 0
+    timings = measure(models, images, runtime, batch_size=8, passes=3)
+    assert list(timings) == ["resnet18", "resnet50"]
+    for t in timings.values():
+        assert t["batch_size"] == 8 and t["passes"] == 3
+        for key in ("throughput_img_s", "latency_ms"):  # the median pass, within the passes' range
+            low, high = t[f"{key}_range"]
+            assert 0 < low <= t[key] <= high
 
 
 def test_load_state_refuses_a_model_trained_on_other_data(tmp_path):
@@ -214,9 +224,10 @@ def write_model_file(path: Path, name: str, width: int, prepared_hash: str, mean
 
 
 def write_curves(folder: Path, epochs: int = 3) -> None:
-    """plots/train/<name>/ as the train stage logs it with DVCLive."""
+    """plots/train/<name>/ as the train stage logs it with DVCLive (step: the epoch, from 1)."""
     with Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         for epoch in range(epochs):
+            live.step = epoch + 1
             for key, value in (("train/loss", 4.6 - 0.3 * epoch), ("train/acc", 1.0 + 5 * epoch),
                                ("heldout/loss", 4.5 - 0.2 * epoch), ("heldout/acc", 2.0 + 4 * epoch),
                                ("lr", 0.1 * (epochs - epoch) / epochs)):
@@ -278,42 +289,46 @@ def test_metrics_files_have_the_expected_keys_and_ranges(evaluated):
     classes = evaluated.json("data/prepared/classes.json")
     for name in MODELS:
         m = evaluated.json(f"metrics/{name}.json")
-        assert {"top1", "top5", "loss", "ece", "macro_precision", "macro_recall", "macro_f1",
-                "superclass_top1", "per_superclass", "parameters", "test_images", "provenance"} <= set(m)
-        assert m["test_images"] == TEST_IMAGES
-        for key in ("top1", "top5", "ece", "macro_precision", "macro_recall", "macro_f1", "superclass_top1"):
+        detail = evaluated.json(f"metrics/detail/{name}.json")
+        assert set(m) == HEADLINE and all(type(v) in (int, float) for v in m.values())
+        assert {"macro_precision", "macro_recall", "superclass_top1", "per_superclass", "parameters",
+                "test_images", "hflip_tta", "ema", "provenance"} == set(detail)
+        assert detail["test_images"] == TEST_IMAGES
+        for key in ("top1", "top5", "ece", "macro_f1"):
             assert 0 <= m[key] <= 100, (name, key, m[key])
-        assert m["top1"] <= m["top5"] and m["top1"] <= m["superclass_top1"]
+        for key in ("macro_precision", "macro_recall", "superclass_top1"):
+            assert 0 <= detail[key] <= 100, (name, key, detail[key])
+        assert m["top1"] <= m["top5"] and m["top1"] <= detail["superclass_top1"]
         for key in ("top1", "top5"):  # 95% bootstrap intervals around the measured numbers
-            low, high = m[f"{key}_ci95"]
+            low, high = m[f"{key}_low"], m[f"{key}_high"]
             assert 0 <= low <= m[key] <= high <= 100 and high - low < 100, (name, key, low, high)
         assert 0 < m["loss"] < 50
-        assert m["parameters"] == sum(p.numel() for p in build_model(name, width=WIDTHS[name]).parameters())
-        assert set(m["per_superclass"]) <= set(classes["coarse"]) and len(m["per_superclass"]) >= 10
-        assert all(0 <= v <= 100 for v in m["per_superclass"].values())
-        p = m["provenance"]
+        assert detail["parameters"] == sum(p.numel() for p in build_model(name, width=WIDTHS[name]).parameters())
+        assert set(detail["per_superclass"]) <= set(classes["coarse"]) and len(detail["per_superclass"]) >= 10
+        assert all(0 <= v <= 100 for v in detail["per_superclass"].values())
+        p = detail["provenance"]
         assert p["archive_md5"] == stats["archive_md5"]
         assert p["prepared_data_hash"] == checkpoint.data_hash(evaluated.project.root / "data/prepared")
         assert p["device"] == expected_device() and p["torch"] == torch.__version__
         assert p["trained"] == {"epochs": 1, "lr": 0.1}  # from the model file, not params.yaml
         # rounded to 4 decimals, keys sorted
         assert all(round(v, 4) == v for v in m.values() if isinstance(v, float))
-        assert list(m) == sorted(m)
+        assert list(m) == sorted(m) and list(detail) == sorted(detail)
 
 
-def test_summary_puts_the_headline_numbers_side_by_side(evaluated):
+def test_summary_puts_each_top1_side_by_side(evaluated):
     summary = evaluated.json("metrics/summary.json")
     assert list(summary) == sorted([*MODELS, "comparisons"])
     for name in MODELS:
-        m = evaluated.json(f"metrics/{name}.json")
-        assert summary[name] == {k: m[k] for k in ("top1", "top1_ci95", "top5", "top5_ci95", "loss", "ece",
-                                                   "parameters")}
+        assert summary[name] == {"top1": evaluated.json(f"metrics/{name}.json")["top1"]}
+    # A list of records: DVC lists numbers only, so the comparisons stay out of its tables.
+    assert isinstance(summary["comparisons"], list)
 
 
 def test_summary_compares_every_pair_on_the_same_images(evaluated):
     """Recomputed here from the per-image predictions with scipy directly."""
     from scipy.stats import binomtest
-    comparisons = evaluated.json("metrics/summary.json")["comparisons"]
+    comparisons = {entry.pop("pair"): entry for entry in evaluated.json("metrics/summary.json")["comparisons"]}
     assert list(comparisons) == ["resnet34_vs_resnet18", "resnet50_vs_resnet18", "resnet50_vs_resnet34"]
     right = {}
     for name in MODELS:
@@ -372,7 +387,9 @@ def test_timings_are_kept_apart(evaluated):
     for name in MODELS:
         t = evaluated.json(f"metrics/timing/{name}.json")
         assert t["batch_size"] == EVAL_BATCH and t["device"] == expected_device()
-        assert t["throughput_img_s"] > 0 and t["latency_ms"] > 0
+        assert t["passes"] == 5
+        for key in ("throughput_img_s", "latency_ms"):
+            assert 0 < t[f"{key}_range"][0] <= t[key] <= t[f"{key}_range"][1]
         assert not {"throughput_img_s", "latency_ms"} & set(evaluated.json(f"metrics/{name}.json"))
 
 
@@ -393,22 +410,29 @@ def independent_model_and_inputs(root: Path, name: str, images: np.ndarray):
 
 
 def test_metrics_agree_with_an_independent_forward_pass(evaluated):
-    """top-1 and the confusion rows match the model run here in fp32, with its stored normalisation."""
+    """The superclass confusion rows match the model run here in fp32, with its stored normalisation."""
     root = evaluated.project.root
     classes = evaluated.json("data/prepared/classes.json")
     with np.load(root / "data/prepared/test.npz") as npz:
-        images, labels = npz["images"], npz["fine_labels"]
+        images, labels, coarse = npz["images"], npz["fine_labels"], npz["coarse_labels"]
+    # classes.json's mapping (from the training split), completed from the test labels
+    superclass_of = ({k: c for k, c in enumerate(classes["fine_to_coarse"]) if c >= 0}
+                     | dict(zip(labels.tolist(), coarse.tolist())))
     for name in MODELS:
         model, x = independent_model_and_inputs(root, name, images)
         with torch.no_grad():
-            mine = [classes["fine"][p] for p in model(x).argmax(1).tolist()]
+            mine = [classes["coarse"][superclass_of[p]] if p in superclass_of else None
+                    for p in model(x).argmax(1).tolist()]
         rows = (root / f"plots/confusion/{name}.csv").read_text().splitlines()
         assert rows[0] == "actual,predicted" and len(rows) == 1 + len(labels)
         actual, predicted = zip(*(row.split(",") for row in rows[1:]))
-        assert list(actual) == [classes["fine"][a] for a in labels]
-        top1 = round(float(np.mean(np.array(actual) == np.array(predicted)) * 100), 4)
-        assert evaluated.json(f"metrics/{name}.json")["top1"] == top1
+        assert list(actual) == [classes["coarse"][c] for c in coarse]
+        assert set(actual) | set(predicted) <= set(classes["coarse"]) | {"(superclass unknown)"}
+        detail = evaluated.json(f"metrics/detail/{name}.json")
+        right = float(np.mean(np.array(actual) == np.array(predicted)) * 100)
+        assert detail["superclass_top1"] == pytest.approx(right, abs=1e-4)
         if ON_CPU:
+            predicted = [p if p != "(superclass unknown)" else None for p in predicted]
             assert list(predicted) == mine
         else:  # bf16 on an accelerator may flip near-ties of these untrained models
             assert np.mean(np.array(predicted) == np.array(mine)) >= 0.8
@@ -419,7 +443,7 @@ def test_hflip_tta_scores_the_averaged_softmax_and_is_recorded(evaluated, tmp_pa
     import os
     import shutil
     source = evaluated.project.root
-    assert evaluated.json("metrics/resnet18.json")["hflip_tta"] is False
+    assert evaluated.json("metrics/detail/resnet18.json")["hflip_tta"] is False
     project = Project(tmp_path / "tta", env=evaluated.project.env)
     shutil.copytree(source, project.root, copy_function=os.link, ignore=shutil.ignore_patterns(".git"))
     project.set_params({"evaluate.hflip_tta": True})
@@ -433,7 +457,7 @@ def test_hflip_tta_scores_the_averaged_softmax_and_is_recorded(evaluated, tmp_pa
             # float64: a float32 probability of e^-44 (these untrained models) underflows to log(0)
             probs = (model(x).double().softmax(1) + model(x.flip(3)).double().softmax(1)) / 2
         metrics_file = json.loads((project.root / f"metrics/{name}.json").read_text())
-        assert metrics_file["hflip_tta"] is True
+        assert json.loads((project.root / f"metrics/detail/{name}.json").read_text())["hflip_tta"] is True
         top1 = float(np.mean(probs.argmax(1).numpy() == labels) * 100)
         if ON_CPU:
             assert metrics_file["top1"] == pytest.approx(top1, abs=1e-4)
@@ -480,8 +504,14 @@ def test_dvc_metrics_and_plots_show_and_diff(evaluated):
     assert shown.returncode == 0, shown.stderr
     revisions = json.loads(shown.stdout)  # {"": {"data": ...}}: the workspace (no revision name)
     data = revisions.get("workspace", revisions.get(""))["data"]
-    assert {f"metrics/{m}.json" for m in MODELS} | {"metrics/summary.json"} | set(TIMING_FILES) <= set(data)
+    assert set(data) == set(METRIC_FILES)  # detail and timings are in git, but not DVC metrics
     assert data["metrics/resnet18.json"]["data"]["top1"] == evaluated.json("metrics/resnet18.json")["top1"]
+    table = project.dvc("metrics", "show")
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.splitlines()
+    assert len(rows) == 1 + len(METRIC_FILES) and rows[0].split()[:2] == ["Path", "ece"]
+    assert max(len(row) for row in rows) <= 200, table.stdout  # every row readable in one line
+    assert "resnet18.top1" in rows[0] and "comparisons" not in table.stdout
 
     assert project.git("add", "-A").returncode == 0
     assert project.git("commit", "-q", "-m", "evaluated").returncode == 0
@@ -517,12 +547,15 @@ def test_evaluate_declares_its_data_and_params():
     data = {d for d in stage["deps"] if not d.endswith(".py")}
     assert data == {"data/prepared"} | {f"models/{m}.pt" for m in MODELS}
     assert stage["params"] == ["evaluate", "runtime"]
-    metric_files = {next(iter(m)) for m in stage["metrics"]}
-    accuracy = {f"metrics/{m}.json" for m in MODELS} | {"metrics/summary.json"}
-    assert metric_files == accuracy | set(TIMING_FILES)
+    assert [next(iter(m)) for m in stage["metrics"]] == METRIC_FILES
     assert all(next(iter(m.values())) == {"cache": False} for m in stage["metrics"])
-    # Plot tables in the DVC cache: a cache: false out other than metrics turns off the run-cache.
-    assert stage["outs"] == [f"plots/{kind}/{m}.csv" for kind in PLOT_TABLES for m in MODELS]
+    # Detail and timings in git (cache: false) but not metrics; plot tables in the DVC cache.
+    in_git = [next(iter(out)) for out in stage["outs"] if isinstance(out, dict)]
+    assert in_git == DETAIL_FILES + TIMING_FILES
+    assert all(out[path] == {"cache": False} for out in stage["outs"] if isinstance(out, dict)
+               for path in out)
+    assert [out for out in stage["outs"] if isinstance(out, str)] == [
+        f"plots/{kind}/{m}.csv" for kind in PLOT_TABLES for m in MODELS]
 
 
 def test_top_level_plots_show_all_three_models():

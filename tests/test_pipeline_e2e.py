@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import shlex
+import subprocess
 import time
 
 import pytest
 import yaml
 
-from conftest import ROOT, TRAIN_STAGES, ok, ran_stages, tiny_repo
+from conftest import BIN_DIR, ROOT, TRAIN_STAGES, command_env, ok, ran_stages, tiny_repo
 from test_lineage import COMMANDS
 
 AFTER_TRAIN = TRAIN_STAGES | {"evaluate", "report"}
@@ -30,10 +35,11 @@ def test_repro_exp_run_and_diffs_end_to_end(repo):
     first = ok(repo.dvc("repro"))
     timings["first dvc repro (7 stages)"] = time.perf_counter() - start
     assert ran(first) == ALL_STAGES
+    assert "WARNING" not in first.stdout + first.stderr, first.stdout + first.stderr
     summary = json.loads((repo.root / "metrics/summary.json").read_text())
     assert set(summary) == {"resnet18", "resnet34", "resnet50", "comparisons"}
     assert (repo.root / "plots/report.md").read_text().count("ResNet-50") >= 1
-    baseline.update({p.name: p.read_bytes() for p in (repo.root / "metrics").glob("*.json")})
+    baseline.update(accuracy_files(repo.root))
     repo.git("add", "-A")
     ok(repo.git("commit", "-q", "-m", "baseline"))
 
@@ -59,6 +65,72 @@ def test_repro_exp_run_and_diffs_end_to_end(repo):
     assert "didn't change" in again.stdout or "up to date" in again.stdout.lower()
     for name, seconds in timings.items():
         print(f"{name}: {seconds:.1f} s")
+
+
+def accuracy_files(root) -> dict[str, bytes]:
+    """metrics/ but the timings, byte for byte: {path under metrics/: bytes}."""
+    folder = root / "metrics"
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*.json") if "timing" not in p.parts}
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split(f"\n## {title}\n")[1].split("\n## ")[0]
+
+
+def in_terminal(command: list, project, columns: int) -> str:
+    """What `command` prints in a terminal `columns` wide (a pseudo-terminal), colours stripped."""
+    leader, follower = pty.openpty()
+    env = command_env({**project.env, "COLUMNS": str(columns), "LINES": "50", "TERM": "xterm-256color"})
+    process = subprocess.Popen([str(c) for c in command], cwd=project.root, env=env, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the follower side closed: the command is done
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait(timeout=300) == 0, b"".join(chunks).decode(errors="replace")
+    os.close(leader)
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode())
+
+
+def test_the_readme_experiments_read_in_a_120_column_terminal(repo):
+    """The README's experiment commands, then its `dvc exp show` recipe in a terminal 120 columns
+    wide: every experiment's name, its changed params and each model's top-1, no cell collapsed.
+    (--no-pager: rich then fits the table to the terminal, collapsing what does not fit; through
+    the pager it is drawn at its full width, which the same assertion bounds.)"""
+    assert baseline, "runs after test_repro_exp_run_and_diffs_end_to_end"
+    ok(repo.dvc("exp", "remove", "--all-commits"))  # the view shows the README's experiments only
+    block = readme_section("Experiments and sweeps")
+    runs = [line.split("#")[0] for line in block.splitlines() if line.startswith("dvc exp run -n")]
+    assert len(runs) == 2, runs
+    for line in runs:
+        ok(repo.run(BIN_DIR / "dvc", *shlex.split(line)[1:], timeout=600))
+    recipe = next(line.split("#")[0] for line in block.splitlines()
+                  if line.startswith("dvc exp show --only-changed"))
+    shown = in_terminal([BIN_DIR / "dvc", *shlex.split(recipe)[1:], "--no-pager"], repo, columns=120)
+    assert "…" not in shown, shown
+    assert max(len(line) for line in shown.splitlines()) <= 120, shown
+    baseline_row = next(row for row in json.loads(ok(repo.dvc("exp", "show", "--json")).stdout)
+                        if row.get("experiments"))
+    experiments = baseline_row["experiments"]
+    assert len(experiments) == 2
+    for experiment in experiments:
+        state = experiment["revs"][0]
+        row = next(line for line in shown.splitlines() if f"[{experiment['name']}]" in line)
+        summary = state["data"]["metrics"]["metrics/summary.json"]["data"]
+        for model in ("resnet18", "resnet34", "resnet50"):
+            assert f" {summary[model]['top1']:.5g} " in row, (model, row)
+        params = state["data"]["params"]["params.yaml"]["data"]
+        assert f" {params['lr']:g} " in row and f" {params['model']['resnet50']['mixup_alpha']:g} " in row
+    header = next(line for line in shown.splitlines() if "Experiment" in line)
+    for column in ("Experiment", "resnet18.top1", "resnet34.top1", "resnet50.top1", "lr",
+                   "model.resnet50.mixup_alpha"):
+        assert column in header, header
 
 
 def _prepared_md5(repo) -> str:
@@ -127,8 +199,9 @@ def test_the_same_params_give_byte_identical_accuracy_metrics(tmp_path, cifar_ar
     caches = ("home/.cache/matplotlib", "home/.config/matplotlib", "home/.config/dvc", "home/.cache/dvc",
               "home/.local/share/dvc", "home/.config/iterative", "home/.cache/torch")
     assert [p for p in written if not str(p).startswith(caches)] == [], "a stage wrote outside the repository"
-    repeated = {p.name: p.read_bytes() for p in (again.root / "metrics").glob("*.json")}
-    assert sorted(repeated) == sorted(baseline) == ["resnet18.json", "resnet34.json", "resnet50.json",
-                                                     "summary.json"]
+    repeated = accuracy_files(again.root)
+    assert sorted(repeated) == sorted(baseline) == [
+        "detail/resnet18.json", "detail/resnet34.json", "detail/resnet50.json",
+        "resnet18.json", "resnet34.json", "resnet50.json", "summary.json"]
     for name in baseline:
         assert repeated[name] == baseline[name], f"metrics/{name} differs between two identical runs"

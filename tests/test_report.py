@@ -32,12 +32,13 @@ def test_class_order_groups_by_superclass_and_puts_unknown_last():
 
 
 def test_confusion_counts_rows_actual_columns_predicted():
-    table = pd.DataFrame({"actual": ["apple", "apple", "dog", "bee"],
-                          "predicted": ["apple", "dog", "dog", "dog"]})
-    counts = inputs.confusion_counts(table, ["apple", "bee", "dog", "cat"])
+    # plots/predictions/ holds class indices into classes.json's order (apple, bee, cat, dog)
+    table = pd.DataFrame({"label": [0, 0, 3, 1], "prediction": [0, 3, 3, 3]})
+    counts = inputs.confusion_counts(table, CLASSES["fine"], ["apple", "bee", "dog", "cat"])
     assert counts.tolist() == [[1, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
     with pytest.raises(UserError, match="classes.json"):
-        inputs.confusion_counts(pd.DataFrame({"actual": ["eel"], "predicted": ["apple"]}), ["apple"])
+        inputs.confusion_counts(pd.DataFrame({"label": [4], "prediction": [0]}), CLASSES["fine"],
+                                ["apple", "bee", "dog", "cat"])
 
 
 def test_confused_pairs_sum_both_directions_and_models():
@@ -53,14 +54,18 @@ def test_confused_pairs_sum_both_directions_and_models():
     assert len(listed.splitlines()) == 2 + 20  # header, rule, the 20 most confused
 
 
+METRICS = {m: {"top1": 70.0, "top1_low": 69.1, "top1_high": 70.9, "top5": 90.0, "top5_low": 89.4,
+               "top5_high": 90.6, "loss": 1.2, "ece": 3.0, "macro_precision": 70.0,
+               "macro_recall": 70.0, "macro_f1": 70.0, "superclass_top1": 80.0, "parameters": 1234567,
+               "provenance": {"trained": {"epochs": 100, "lr": 0.4}}}
+           for m in MODELS}
+TIMING = {m: {"throughput_img_s": 1000.0, "throughput_img_s_range": [950.0, 1020.0], "latency_ms": 2.5,
+              "latency_ms_range": [2.4, 2.9], "batch_size": 1024, "passes": 5, "device": "cpu, fp32"}
+          for m in MODELS}
+
+
 def test_results_table_marks_the_reference_numbers():
-    metrics = {m: {"top1": 70.0, "top1_ci95": [69.1, 70.9], "top5": 90.0, "top5_ci95": [89.4, 90.6],
-                   "loss": 1.2, "ece": 3.0, "macro_precision": 70.0,
-                   "macro_recall": 70.0, "macro_f1": 70.0, "superclass_top1": 80.0, "parameters": 1234567,
-                   "provenance": {"trained": {"epochs": 100, "lr": 0.4}}}
-               for m in MODELS}
-    timing = {m: {"throughput_img_s": 1000.0, "latency_ms": 2.5, "batch_size": 1024} for m in MODELS}
-    text = markdown.results_table(metrics, timing)
+    text = markdown.results_table(METRICS, TIMING, reference=True)
     lines = text.splitlines()
     assert lines[0] == "| test split | ResNet-18 | ResNet-34 | ResNet-50 |"
     assert "| **top-1 (%)** | **70.00** | **70.00** | **70.00** |" in lines
@@ -73,6 +78,34 @@ def test_results_table_marks_the_reference_numbers():
     assert len(reference) == 2
     assert "78.33" in reference[0] and "76.76" in reference[0] and "75.00 target" in reference[0]
     assert "81.45" in reference[0] and "95.70" in reference[1]
+    assert "| throughput (img/s; slowest-fastest pass) | 1,000 (950-1,020) |" in text
+    assert "| latency (ms, one image; fastest-slowest pass) | 2.50 (2.40-2.90) |" in text
+    # Not at the reference scale: no difference to the published numbers, which stay for orientation
+    small = markdown.results_table(METRICS, TIMING, reference=False)
+    assert "minus reference" not in small and "78.33" in small
+
+
+def test_a_run_off_the_reference_scale_is_flagged():
+    epochs = {"resnet18": 100, "resnet34": 100, "resnet50": 200}
+    reference = {"model.width": 64, "data.train_limit": None, "data.test_limit": None, "data.val_size": 0}
+    assert markdown.scale_departures(reference, epochs) == []
+    assert markdown.scale_caveat([]) == ""
+    found = markdown.scale_departures({**reference, "model.width": 16, "data.train_limit": 10000},
+                                      {"resnet18": 2, "resnet34": 2, "resnet50": 4})
+    assert found == ["`model.width` 16 (reference: 64)",
+                     "`data.train_limit` 10,000 (reference: null (all images))",
+                     "epochs ResNet-18 2, ResNet-34 2, ResNet-50 4 (reference: 100, 100, 200)"]
+    caveat = markdown.scale_caveat(found)
+    assert caveat.startswith("\n> **Not the reference recipe:** `model.width` 16") and "pipeline ran" in caveat
+
+
+def test_timing_note_flags_passes_that_disagree():
+    note = markdown.timing_note(TIMING)
+    assert "median of 5 timed passes" in note and "disagree" not in note
+    busy = {**TIMING, "resnet18": {**TIMING["resnet18"], "latency_ms": 3.0, "latency_ms_range": [2.9, 652.0]}}
+    note = markdown.timing_note(busy)
+    assert "**The timed passes disagree**" in note and "ResNet-18 latency (2.90-652.00)" in note
+    assert "ResNet-34" not in note.split("disagree**")[1]
 
 
 def comparison(diff: float, low: float, high: float, b: int, c: int, p: float, holm: float) -> dict:
@@ -142,7 +175,7 @@ def test_training_curves_read_dvclive_folders(tmp_path, monkeypatch):
     write_curves(tmp_path / "resnet18", epochs=4)
     curves = inputs.training_curves(tmp_path / "resnet18", "resnet18")
     assert list(curves.columns) == ["step", "train_loss", "train_acc", "heldout_loss", "heldout_acc", "lr"]
-    assert curves["step"].tolist() == [0, 1, 2, 3]
+    assert curves["step"].tolist() == [1, 2, 3, 4]
     assert curves["train_loss"].tolist() == pytest.approx([4.6, 4.3, 4.0, 3.7])
     with pytest.raises(UserError, match="dvc repro train-resnet34"):
         inputs.training_curves(tmp_path / "resnet34", "resnet34")
@@ -170,6 +203,11 @@ def test_report_has_the_table_and_links_that_exist(reported, evaluated):
     assert f"| **top-1 (%)** | {' | '.join(tops)} |" in text
     assert "not measured here" in text and "81.45" in text and "95.70" in text
     assert "Only 100 of the 10,000 test images" in text  # data.test_limit is flagged
+    # ... and the whole run is not the reference recipe: said at the top, no "minus reference" row
+    top = text.split("## Results")[0]
+    assert "**Not the reference recipe:**" in top and "`data.test_limit` 100" in top
+    assert "minus reference" not in text
+    assert "median of 5 timed passes" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     expected = {"report/curves.png", "report/superclass_accuracy.png", "report/reliability.png",
                 "augment_preview.png"} | {f"report/confusion_{m}.png" for m in MODELS}
@@ -184,20 +222,20 @@ def test_report_has_the_table_and_links_that_exist(reported, evaluated):
 
 def test_report_says_which_differences_are_real(reported, evaluated):
     text = (reported.root / "plots" / "report.md").read_text()
-    summary = evaluated.json("metrics/summary.json")
+    comparisons = inputs.comparisons(evaluated.project.root / "metrics/summary.json")
     metrics = {m: evaluated.json(f"metrics/{m}.json") for m in MODELS}
     section = text.split("## Which differences are real")[1].split("\n## ")[0]
-    assert markdown.ranking_sentence(metrics, summary["comparisons"]) in section
+    assert markdown.ranking_sentence(metrics, comparisons) in section
     rows = [line for line in section.splitlines() if line.startswith("| ResNet")]
     assert len(rows) == 3
-    for row, (key, c) in zip(rows, summary["comparisons"].items()):
+    for row, (key, c) in zip(rows, comparisons.items()):
         first, second = key.split("_vs_")
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[0] == f"{markdown.TITLES[first]} - {markdown.TITLES[second]}"
         assert float(cells[1]) == pytest.approx(c["top1_diff"], abs=0.005)
         assert cells[3] == f"{c['discordant'][0]:,} / {c['discordant'][1]:,}"
     for m in MODELS:  # the side-by-side table carries the intervals
-        assert "[{:.2f}, {:.2f}]".format(*metrics[m]["top1_ci95"]) in text
+        assert "[{:.2f}, {:.2f}]".format(metrics[m]["top1_low"], metrics[m]["top1_high"]) in text
 
 
 def test_report_lists_the_best_and_worst_classes_of_each_model(reported, evaluated):
@@ -226,7 +264,7 @@ def test_report_lists_the_best_and_worst_classes_of_each_model(reported, evaluat
 
 def test_report_states_the_params_and_data_the_numbers_came_from(reported, evaluated):
     text = (reported.root / "plots" / "report.md").read_text()
-    data_hash = evaluated.json("metrics/resnet18.json")["provenance"]["prepared_data_hash"]
+    data_hash = evaluated.json("metrics/detail/resnet18.json")["provenance"]["prepared_data_hash"]
     assert f"`{data_hash}`" in text
     assert evaluated.json("data/prepared/stats.json")["archive_md5"] in text
     block = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
@@ -268,9 +306,9 @@ def test_report_declares_its_data_params_and_outputs():
     stage = declared("report")
     data = {d for d in stage["deps"] if not d.endswith(".py")}
     assert data == ({"data/prepared/classes.json", "metrics/summary.json"}
-                    | {f"metrics/{m}.json" for m in MODELS} | {f"metrics/timing/{m}.json" for m in MODELS}
-                    | {f"plots/{kind}/{m}.csv" for kind in ("confusion", "reliability", "predictions")
-                       for m in MODELS}
+                    | {f"metrics/{m}.json" for m in MODELS} | {f"metrics/detail/{m}.json" for m in MODELS}
+                    | {f"metrics/timing/{m}.json" for m in MODELS}
+                    | {f"plots/{kind}/{m}.csv" for kind in ("reliability", "predictions") for m in MODELS}
                     | {f"plots/train/{m}" for m in MODELS})
     assert tuple(stage["params"]) == PRINTED_PARAMS
     assert stage["outs"] == [{"plots/report.md": {"cache": False}}, {"plots/report": {"cache": False}}]

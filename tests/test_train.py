@@ -88,6 +88,14 @@ def test_training_learns_well_above_chance_and_writes_a_safe_model_file(trained)
     assert not (project.root / "checkpoints/resnet18.pt").exists(), "the checkpoint is removed at the end"
     curve = (project.root / "plots/train/resnet18/plots/metrics/heldout/acc.tsv").read_text().splitlines()
     assert curve[0].split("\t")[:2] == ["step", "acc"] and len(curve) == 1 + 3
+    assert [row.split("\t")[0] for row in curve[1:]] == ["1", "2", "3"]  # `dvc plots`' x: the epoch
+    # The progress bar shows the running loss and accuracy from the first step of the first epoch.
+    first_epoch = result.stderr.split("resnet18 epoch 2/3")[0]
+    assert re.search(r"resnet18 epoch 1/3:.*acc=[\d.]+%.*loss=[\d.]+", first_epoch), first_epoch[-500:]
+    # The stage ends with one sentence: held-out top-1, time and speed, no dump of the history.
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(rf"resnet18: test top-1 {final['heldout_acc']:.2f}% after 3 epochs, [\d,]+ s of "
+                        r"training at [\d,]+ img/s; wrote models/resnet18.pt", last), last
     assert "monitoring only" in (project.root / "plots/train/resnet18/metrics.json").read_text()
 
 

@@ -1,4 +1,11 @@
-"""One model's test results assembled from its logits: the metrics file and its plot tables."""
+"""One model's test results assembled from its logits: its metrics, detail and plot tables.
+
+The metrics (metrics/<model>.json, what `dvc metrics show` and `dvc exp show` list) are the
+headline numbers compared across experiments, plain numbers only, so that a row of
+`dvc metrics show` stays under 200 characters. Everything else a model's evaluation finds
+(per-superclass accuracy, macro precision and recall, ...) is its detail
+(metrics/detail/<model>.json, in git, read by the report; not a DVC metric).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -9,12 +16,12 @@ from src.predict import loss_and_accuracy
 
 ECE_BINS = 15
 TOP_K = 5  # classes listed per image in plots/predictions/<model>.csv
-SUMMARY_KEYS = ("top1", "top1_ci95", "top5", "top5_ci95", "loss", "ece", "parameters")
 
 
 def model_results(logits: torch.Tensor, split: dict[str, np.ndarray], classes: dict) -> dict:
-    """{'metrics': ..., plot tables 'reliability', 'confusion', 'per_class', 'predictions', and
-    'correct': whether each image was scored right (top-1), for comparisons between models}."""
+    """{'metrics': the headline numbers, 'detail': the rest, plot tables 'reliability',
+    'confusion' (by superclass), 'per_class', 'predictions', and 'correct': whether each image
+    was scored right (top-1), for comparisons between models}."""
     fine, coarse = split["fine_labels"], split["coarse_labels"]
     confidence, predicted = metrics.confidence_and_prediction(logits)
     correct = predicted == fine
@@ -24,24 +31,31 @@ def model_results(logits: torch.Tensor, split: dict[str, np.ndarray], classes: d
     loss, top1 = loss_and_accuracy(logits, fine)  # plain cross-entropy: no label smoothing here
     precision, recall, f1 = metrics.macro_precision_recall_f1(predicted, fine)
     reliability = metrics.reliability_bins(confidence, correct, ECE_BINS)
-    results = {
-        "test_images": len(fine),
-        "top1": top1,
-        "top1_ci95": stats.accuracy_ci(correct),
-        "top5": float(in_top5.mean() * 100),
-        "top5_ci95": stats.accuracy_ci(in_top5),
+    top1_low, top1_high = stats.accuracy_ci(correct)
+    top5_low, top5_high = stats.accuracy_ci(in_top5)
+    headline = {  # percent, test split; interval bounds: 95% percentile bootstrap
+        "top1": top1, "top1_low": top1_low, "top1_high": top1_high,
+        "top5": float(in_top5.mean() * 100), "top5_low": top5_low, "top5_high": top5_high,
         "loss": loss,
         "ece": metrics.expected_calibration_error(reliability),
+        "macro_f1": f1,
+    }
+    detail = {
+        "test_images": len(fine),
         "macro_precision": precision,
         "macro_recall": recall,
-        "macro_f1": f1,
         # Right superclass for the predicted class, even when the class itself is wrong.
         "superclass_top1": float(np.mean(superclass[predicted] == coarse) * 100),
         "per_superclass": metrics.group_accuracy(correct, coarse, classes["coarse"]),
     }
-    names = classes["fine"]
-    confusion = [{"actual": names[a], "predicted": names[p]} for a, p in zip(fine, predicted)]
-    return {"metrics": results, "reliability": reliability, "confusion": confusion,
+    # DVC's confusion plot at 20 x 20 superclasses, which a person can read; the report draws the
+    # 100-class matrix from the predictions.
+    # (A predicted class absent from a limited training split and from the test labels has no
+    # known superclass.)
+    groups = classes["coarse"]
+    confusion = [{"actual": groups[a], "predicted": groups[p] if p >= 0 else "(superclass unknown)"}
+                 for a, p in zip(coarse, superclass[predicted])]
+    return {"metrics": headline, "detail": detail, "reliability": reliability, "confusion": confusion,
             "per_class": per_class_rows(correct, fine, superclass, classes),
             "predictions": prediction_rows(fine, predicted, confidence, top5), "correct": correct}
 
@@ -73,8 +87,13 @@ def per_class_rows(correct: np.ndarray, fine: np.ndarray, superclass: np.ndarray
              "accuracy": accuracy[classes["fine"][c]], "images": int(images[c])} for c in order]
 
 
-def summary(per_model: dict[str, dict], correct: dict[str, np.ndarray]) -> dict[str, dict]:
-    """The headline numbers of every model side by side, {model: {top1, top5, ...}}, and
-    'comparisons': every pair's top-1 difference with its interval and McNemar test."""
-    side_by_side = {name: {key: values[key] for key in SUMMARY_KEYS} for name, values in per_model.items()}
-    return {**side_by_side, "comparisons": stats.compare(correct)}
+def summary(top1: dict[str, float], correct: dict[str, np.ndarray]) -> dict:
+    """metrics/summary.json: every model's top-1 side by side, {model: {'top1': ...}}, and
+    'comparisons': a list with every pair's top-1 difference, its interval and McNemar test.
+
+    A list, because DVC lists only numbers: `dvc metrics show` and `dvc exp show` show each
+    model's top-1 as one short column (`resnet18.top1`) and leave the comparisons to the
+    report and the file, where their 40-character names cannot widen every row.
+    """
+    pairs = [{"pair": key, **values} for key, values in stats.compare(correct).items()]
+    return {**{name: {"top1": value} for name, value in top1.items()}, "comparisons": pairs}

@@ -2,7 +2,9 @@
 
 Both time the same path evaluation takes (uint8 on the host -> normalise on the
 device -> logits back on the host), so they include transfers, as a user would see.
-Kept out of the accuracy metrics: timings differ from run to run.
+The models take turns over several passes, so a busy spell of the machine slows every
+model's pass alike instead of one model's only; each figure is the median over the passes,
+with the range beside it. Kept out of the accuracy metrics: timings differ from run to run.
 """
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ from src.predict import predict_logits
 from src.runtime import Runtime
 from src.data.normalize import Normalizer
 
+PASSES = 5             # timed passes per model, the models taking turns
+PASS_SECONDS = 0.1     # each pass times calls for at least this long (at least one)
+LATENCY_CALLS = 5      # single-image calls per pass, at least
+
 
 def timed_calls(call: Callable[[], object], min_calls: int, min_seconds: float) -> list[float]:
-    """Seconds of each call after one untimed warm-up call (cuDNN autotuning, compilation)."""
-    call()
+    """Seconds of each of at least `min_calls` calls, and at least `min_seconds` in all."""
     times: list[float] = []
     while len(times) < min_calls or sum(times) < min_seconds:
         start = time.perf_counter()
@@ -35,13 +40,25 @@ def batch_of(images: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([images] * repeats)[:size] if repeats > 1 else images[:size]
 
 
-def measure(model: nn.Module, images: np.ndarray, normalize: Normalizer, runtime: Runtime,
-            batch_size: int, min_seconds: float = 0.3) -> dict:
-    """{'throughput_img_s', 'latency_ms', 'batch_size'} from medians over repeated calls."""
+def measure(models: dict[str, tuple[nn.Module, Normalizer]], images: np.ndarray, runtime: Runtime,
+            batch_size: int, passes: int = PASSES) -> dict[str, dict]:
+    """{model: {'throughput_img_s', 'latency_ms' (medians over the passes), their '..._range'
+    [min, max] over the passes, 'passes', 'batch_size'}}."""
     batch = batch_of(images, batch_size)
-    run_batch = lambda: predict_logits(model, batch, normalize, runtime, batch_size)  # noqa: E731
-    run_one = lambda: predict_logits(model, batch[:1], normalize, runtime, 1)  # noqa: E731
-    batch_seconds = statistics.median(timed_calls(run_batch, 3, min_seconds))
-    latency_seconds = statistics.median(timed_calls(run_one, 10, min_seconds / 2))
-    return {"batch_size": batch_size, "throughput_img_s": batch_size / batch_seconds,
-            "latency_ms": latency_seconds * 1000}
+    calls = {name: (lambda m=model, n=normalize: predict_logits(m, batch, n, runtime, batch_size),
+                    lambda m=model, n=normalize: predict_logits(m, batch[:1], n, runtime, 1))
+             for name, (model, normalize) in models.items()}
+    for run_batch, run_one in calls.values():  # warm-up: cuDNN autotuning, allocator, caches
+        run_batch(), run_one()
+    throughput = {name: [] for name in models}
+    latency = {name: [] for name in models}
+    for _ in range(passes):
+        for name, (run_batch, run_one) in calls.items():
+            throughput[name].append(batch_size / statistics.median(timed_calls(run_batch, 1, PASS_SECONDS)))
+            latency[name].append(1000 * statistics.median(timed_calls(run_one, LATENCY_CALLS, PASS_SECONDS / 2)))
+    return {name: {"batch_size": batch_size, "passes": passes,
+                   "throughput_img_s": statistics.median(throughput[name]),
+                   "throughput_img_s_range": [min(throughput[name]), max(throughput[name])],
+                   "latency_ms": statistics.median(latency[name]),
+                   "latency_ms_range": [min(latency[name]), max(latency[name])]} for name in models}
+

@@ -25,7 +25,7 @@ def training_curves(curves: dict[str, pd.DataFrame], heldout: str, path: str | P
     """Loss, accuracy and learning rate per epoch; one colour per model, dashed = held out."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for colour, (model, table) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], curves.items()):
-        epoch = table["step"] + 1
+        epoch = table["step"]  # DVCLive's step is the epoch number (src/train/curves.py)
         for ax, metric in zip(axes[:2], ("loss", "acc")):
             ax.plot(epoch, table[f"train_{metric}"], color=colour, label=f"{model} train")
             ax.plot(epoch, table[f"heldout_{metric}"], color=colour, linestyle="--",

@@ -26,12 +26,12 @@ def read_json(path: str | Path, made_by: str) -> dict:
 
 
 def comparisons(path: str | Path) -> dict[str, dict]:
-    """The `comparisons` block of metrics/summary.json: every pair of models' difference and test."""
+    """{pair: its difference and test} from the `comparisons` list of metrics/summary.json."""
     found = read_json(path, "evaluate").get("comparisons")
-    if not found:
-        raise UserError(f"{path} has no `comparisons` (written by an older evaluate stage): "
+    if not isinstance(found, list) or not found:
+        raise UserError(f"{path} has no `comparisons` list (written by an older evaluate stage): "
                         "run `dvc repro evaluate` again")
-    return found
+    return {entry["pair"]: {key: value for key, value in entry.items() if key != "pair"} for entry in found}
 
 
 def read_table(path: str | Path, made_by: str, sep: str = ",") -> pd.DataFrame:
@@ -68,12 +68,12 @@ def class_order(classes: dict) -> tuple[list[str], list[tuple[str, int, int]]]:
     return names, ranges
 
 
-def confusion_counts(table: pd.DataFrame, names: list[str]) -> np.ndarray:
-    """(classes, classes) counts, rows actual and columns predicted, in the order of `names`."""
-    index = {name: i for i, name in enumerate(names)}
-    unknown = set(table["actual"]).union(table["predicted"]) - set(index)
-    if unknown:
-        raise UserError(f"the confusion data names classes that classes.json does not "
-                        f"({sorted(unknown)[:5]}): run `dvc repro evaluate` again")
-    return confusion_matrix(table["actual"].map(index).to_numpy(), table["predicted"].map(index).to_numpy(),
-                            labels=np.arange(len(names)))
+def confusion_counts(predictions: pd.DataFrame, fine: list[str], names: list[str]) -> np.ndarray:
+    """(classes, classes) counts, rows actual and columns predicted, in the order of `names`,
+    from plots/predictions/<model>.csv (class indices into `fine`, classes.json's order)."""
+    position = np.array([names.index(name) for name in fine])
+    indices = predictions[["label", "prediction"]].to_numpy()
+    if indices.size and (indices.min() < 0 or indices.max() >= len(fine)):
+        raise UserError(f"the predictions name class indices outside the {len(fine)} classes of "
+                        "classes.json: run `dvc repro evaluate` again")
+    return confusion_matrix(position[indices[:, 0]], position[indices[:, 1]], labels=np.arange(len(names)))

@@ -11,6 +11,11 @@ REFERENCE = {
     "resnet50": {"top1": "81.45 (seed, 200 epochs)", "top5": "95.70 (seed)"},
 }
 REFERENCE_TOP1 = {"resnet18": 78.33, "resnet34": 75.0, "resnet50": 81.45}  # ResNet-34: the target
+# The scale of the reference recipe (params.yaml's defaults): a run at another scale is a check that
+# the pipeline works, not a result to hold against the published numbers.
+REFERENCE_SCALE = {"model.width": 64, "data.train_limit": None, "data.test_limit": None, "data.val_size": 0}
+REFERENCE_EPOCHS = {"resnet18": 100, "resnet34": 100, "resnet50": 200}
+DISAGREE_RATIO = 1.5  # timed passes whose slowest and fastest differ more: the machine was busy
 TITLES = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50"}
 ALPHA = 0.05  # significance level of the "which differences are real" table
 
@@ -23,14 +28,18 @@ def table(header: list[str], rows: list[list[str]], align: str = "l" + "r" * 20)
     return "\n".join(lines)
 
 
-def results_table(metrics: dict[str, dict], timing: dict[str, dict]) -> str:
-    """Measured numbers of the models side by side, then the reference results in italics."""
-    models = list(metrics)
+def results_table(models: dict[str, dict], timing: dict[str, dict], reference: bool) -> str:
+    """Measured numbers of the models side by side, then the reference results in italics.
+
+    models: each model's metrics and detail in one dict. reference: the run is at the reference
+    recipe's scale, so its difference to the published top-1 means something.
+    """
+    names = list(models)
     measured = [
         ("**top-1 (%)**", lambda m, t: f"**{m['top1']:.2f}**"),
-        ("top-1 95% interval (bootstrap)", lambda m, t: _interval(m["top1_ci95"])),
+        ("top-1 95% interval (bootstrap)", lambda m, t: _interval([m["top1_low"], m["top1_high"]])),
         ("top-5 (%)", lambda m, t: f"{m['top5']:.2f}"),
-        ("top-5 95% interval (bootstrap)", lambda m, t: _interval(m["top5_ci95"])),
+        ("top-5 95% interval (bootstrap)", lambda m, t: _interval([m["top5_low"], m["top5_high"]])),
         ("cross-entropy loss", lambda m, t: f"{m['loss']:.4f}"),
         ("ECE (%, 15 bins)", lambda m, t: f"{m['ece']:.2f}"),
         ("macro precision / recall / F1 (%)",
@@ -40,15 +49,69 @@ def results_table(metrics: dict[str, dict], timing: dict[str, dict]) -> str:
         ("epochs trained (peak lr)", lambda m, t: _trained(m)),
         ("weights scored", lambda m, t: ("EMA" if m.get("ema") else "final")
          + (" + flip TTA" if m.get("hflip_tta") else "")),
-        ("throughput (img/s)", lambda m, t: f"{t['throughput_img_s']:,.0f} (batch {t['batch_size']})"),
-        ("latency (ms, one image)", lambda m, t: f"{t['latency_ms']:.2f}"),
+        ("throughput (img/s; slowest-fastest pass)",
+         lambda m, t: f"{t['throughput_img_s']:,.0f} ({_range(t['throughput_img_s_range'], ',.0f')})"),
+        ("latency (ms, one image; fastest-slowest pass)",
+         lambda m, t: f"{t['latency_ms']:.2f} ({_range(t['latency_ms_range'], '.2f')})"),
     ]
-    rows = [[label] + [cell(metrics[n], timing[n]) for n in models] for label, cell in measured]
-    rows.append(["top-1 minus reference top-1 (points)"]
-                + [f"{metrics[n]['top1'] - REFERENCE_TOP1[n]:+.2f}" for n in models])
-    rows += [[f"*reference {label} (%), not measured here*"] + [f"*{REFERENCE[n][key]}*" for n in models]
+    rows = [[label] + [cell(models[n], timing[n]) for n in names] for label, cell in measured]
+    if reference:
+        rows.append(["top-1 minus reference top-1 (points)"]
+                    + [f"{models[n]['top1'] - REFERENCE_TOP1[n]:+.2f}" if n in REFERENCE_TOP1 else "n/a"
+                       for n in names])
+    rows += [[f"*reference {label} (%), not measured here*"]
+             + [f"*{REFERENCE[n][key]}*" if n in REFERENCE else "*n/a*" for n in names]
              for key, label in (("top1", "top-1"), ("top5", "top-5"))]
-    return table(["test split"] + [TITLES.get(n, n) for n in models], rows)
+    return table(["test split"] + [TITLES.get(n, n) for n in names], rows)
+
+
+def _range(bounds: list[float], spec: str) -> str:
+    return f"{bounds[0]:{spec}}-{bounds[1]:{spec}}"
+
+
+def scale_departures(settings: dict[str, object], epochs: dict[str, int]) -> list[str]:
+    """How a run departs from the reference recipe's scale, one phrase each; [] when it does not.
+
+    settings: the REFERENCE_SCALE keys' values in this run; epochs: each model's epochs trained.
+    """
+    found = [f"`{key}` {_shown(value)} (reference: {_shown(REFERENCE_SCALE[key])})"
+             for key, value in settings.items() if value != REFERENCE_SCALE[key]]
+    shorter = [f"{TITLES.get(m, m)} {n}" for m, n in epochs.items() if n != REFERENCE_EPOCHS.get(m, n)]
+    if shorter:
+        found.append("epochs " + ", ".join(shorter) + " (reference: " + ", ".join(
+            f"{REFERENCE_EPOCHS[m]}" for m in epochs if m in REFERENCE_EPOCHS) + ")")
+    return found
+
+
+def _shown(value) -> str:
+    return "null (all images)" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def scale_caveat(departures: list[str]) -> str:
+    """The warning at the top of a report whose run is not at the reference recipe's scale."""
+    if not departures:
+        return ""
+    return ("\n> **Not the reference recipe:** " + "; ".join(departures) + ". These numbers show that the "
+            "pipeline ran, not what the recipe reaches, so the report does not set them against the "
+            "published results (the reference rows are there for orientation only).\n")
+
+
+def timing_note(timing: dict[str, dict]) -> str:
+    """A sentence on how the timings were taken, and a warning for figures whose passes disagree."""
+    first = next(iter(timing.values()))
+    note = (f"Throughput and latency: {first['device']}, including the host-to-device copy; the median "
+            f"of {first['passes']} timed passes in which the models took turns, with the slowest and "
+            f"fastest pass beside it (`metrics/timing/`).")
+    uneven = [f"{TITLES.get(m, m)} {what} ({_range(t[key], spec)})" for m, t in timing.items()
+              for what, key, spec in (("throughput", "throughput_img_s_range", ",.0f"),
+                                      ("latency", "latency_ms_range", ".2f"))
+              if t[key][0] <= 0 or t[key][1] / t[key][0] > DISAGREE_RATIO]
+    if uneven:
+        note += (f"\n\n> **The timed passes disagree** (more than {DISAGREE_RATIO:g}x between the slowest "
+                 f"and the fastest): {', '.join(uneven)}. The machine was busy while they were timed; "
+                 "compare these figures with care, or time them again on an idle machine with "
+                 "`dvc repro -f evaluate`.")
+    return note
 
 
 def _interval(bounds: list[float], sign: str = "") -> str:
@@ -154,8 +217,10 @@ def provenance_table(metrics: dict[str, dict], timing: dict[str, dict]) -> str:
 
 
 def document(metrics: dict[str, dict], timing: dict[str, dict], links: dict[str, str], *, heldout: str,
-             pairs: str, comparisons: dict[str, dict], per_class: str, data_hash: str, params_yaml: str) -> str:
-    """The whole report.md. links: figure key -> path relative to report.md."""
+             pairs: str, comparisons: dict[str, dict], per_class: str, data_hash: str, params_yaml: str,
+             departures: list[str]) -> str:
+    """The whole report.md. metrics: each model's metrics and detail; links: figure key -> path
+    relative to report.md; departures: how the run departs from the reference scale."""
     models = list(metrics)
     test_images = metrics[models[0]]["test_images"]
     partial = ("" if test_images == 10_000 else
@@ -167,14 +232,14 @@ def document(metrics: dict[str, dict], timing: dict[str, dict], links: dict[str,
 Generated by `dvc repro report` from `metrics/` and `plots/`; every number below was measured by this
 pipeline on the test split ({test_images:,} images) from prepared data `{data_hash}`, except the rows
 marked *reference*, which are published results quoted for comparison.
-{partial}
+{scale_caveat(departures)}{partial}
 ## Results
 
-{results_table(metrics, timing)}
+{results_table(metrics, timing, reference=not departures)}
 
-Throughput and latency: {timing[models[0]]['device']}, including the host-to-device copy
-(`metrics/timing/`). The final model of each run is evaluated; nothing is selected on the test split.
-Intervals: 95% percentile bootstrap over the test images (seeded, so re-runs give the same bounds).
+The final model of each run is evaluated; nothing is selected on the test split. Intervals: 95%
+percentile bootstrap over the test images (seeded, so re-runs give the same bounds).
+{timing_note(timing)}
 
 ## Which differences are real
 
@@ -202,7 +267,8 @@ Dashed: the {heldout} split, monitored after every epoch.
 ## Per-class precision, recall and F1
 
 From `plots/predictions/` (scikit-learn's `classification_report`): the ten classes with the highest
-and the ten with the lowest F1 of each model (the macro averages are in [Results](#results)).
+and the ten with the lowest F1 of each model (the macro averages are in [Results](#results)). Equal
+F1s are ordered by recall (higher first), then by class name.
 
 {per_class}
 
@@ -214,7 +280,8 @@ Rows: actual class, columns: predicted class, both grouped by superclass; colour
 
 ## The 20 most-confused class pairs
 
-Test images of either class predicted as the other, summed over both directions.
+Test images of either class predicted as the other, summed over both directions and over the models;
+equal counts are ordered by the class names.
 
 {pairs}
 

@@ -18,20 +18,22 @@ class EpochLog:
 
     def replay(self, history: list[dict]) -> None:
         """A resumed run re-logs the finished epochs: one complete curve."""
-        for row in history:
-            self._log(row)
+        for epoch, row in enumerate(history):
+            self._log(epoch, row)
 
     def record(self, epoch: int, row: dict) -> None:
         if self.live is None:  # not rank 0
             return
-        self._log(row)
+        self._log(epoch, row)
         print(f"{self.name} epoch {epoch + 1}/{self.epochs}: train loss {row['train_loss']:.3f} acc "
               f"{row['train_acc']:.1f}% | {self.heldout_split} loss {row['heldout_loss']:.3f} acc "
               f"{row['heldout_acc']:.1f}%{' (EMA)' if self.ema else ''} | {row['images_per_s']:.0f} img/s")
 
-    def _log(self, row: dict) -> None:
+    def _log(self, epoch: int, row: dict) -> None:
         if self.live is None:
             return
+        # DVCLive's step is the x of `dvc plots`: the epoch number, 1 for the first, not DVCLive's 0.
+        self.live.step = epoch + 1
         for key in CURVES:
             self.live.log_metric(key.replace("_", "/", 1), row[key])
         self.live.next_step()

@@ -16,7 +16,8 @@ from src.train.ema import WeightAverage
 from src.train.mix import BatchMix
 from src.train.optim import get_lr, set_lr
 
-CHECK_EVERY = 50  # steps between loss checks: each check waits for the GPU, so not every step
+CHECK_EVERY = 50       # steps between loss checks on a GPU: each check waits for it, so not every step
+POSTFIX_SECONDS = 1.0  # seconds between progress-bar loss/accuracy updates (each one also waits)
 
 
 class Diverged(Exception):
@@ -67,6 +68,7 @@ def train_epoch(model, optimizer, batches, prepare, recipe: StepRecipe, runtime:
     rng = np.random.default_rng([seed, epoch, 1])  # mixup/CutMix draws: repeatable after a resume
     losses, corrects, lrs = [], [], []
     seen, checked, start = 0, 0, time.perf_counter()
+    shown = start  # when the progress bar's figures were last updated
     # On a GPU each check waits for the queued work, so check every CHECK_EVERY steps there.
     check_every = 1 if runtime.device.type == "cpu" else CHECK_EVERY
     bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
@@ -83,7 +85,10 @@ def train_epoch(model, optimizer, batches, prepare, recipe: StepRecipe, runtime:
         if (i + 1) % check_every == 0 or i + 1 == len(bar):
             _check_finite(losses, checked, epoch, first_step, lrs)
             checked = i + 1
-        if progress and (i + 1) % CHECK_EVERY == 0:  # running averages over this process's epoch so far
+        # Running averages over this process's epoch so far, from the first step on (short runs
+        # too), then by the host's clock: a GPU is waited for once a second, not at every step.
+        if progress and (i == 0 or time.perf_counter() - shown >= POSTFIX_SECONDS):
+            shown = time.perf_counter()
             bar.set_postfix(loss=f"{torch.stack(losses).float().mean().item():.3f}",
                             acc=f"{100 * torch.stack(corrects).sum().item() / seen:.1f}%",
                             img_s=f"{seen / (time.perf_counter() - start):.0f}", lr=f"{lrs[-1]:.3g}")
