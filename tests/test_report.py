@@ -92,11 +92,11 @@ def test_a_run_off_the_reference_scale_is_flagged():
     assert markdown.scale_caveat([]) == ""
     found = markdown.scale_departures({**reference, "model.width": 16, "data.train_limit": 10000},
                                       {"resnet18": 2, "resnet34": 2, "resnet50": 4})
-    assert found == ["`model.width` 16 (reference: 64)",
-                     "`data.train_limit` 10,000 (reference: null (all images))",
+    assert found == ["`model.width: 16` (reference: `64`)",
+                     "`data.train_limit: 10000` (reference: `null`)",
                      "epochs ResNet-18 2, ResNet-34 2, ResNet-50 4 (reference: 100, 100, 200)"]
     caveat = markdown.scale_caveat(found)
-    assert caveat.startswith("\n> **Not the reference recipe:** `model.width` 16") and "pipeline ran" in caveat
+    assert caveat.startswith("\n> **Not the reference recipe:** `model.width: 16`") and "pipeline ran" in caveat
 
 
 def test_timing_note_flags_passes_that_disagree():
@@ -205,7 +205,7 @@ def test_report_has_the_table_and_links_that_exist(reported, evaluated):
     assert "Only 100 of the 10,000 test images" in text  # data.test_limit is flagged
     # ... and the whole run is not the reference recipe: said at the top, no "minus reference" row
     top = text.split("## Results")[0]
-    assert "**Not the reference recipe:**" in top and "`data.test_limit` 100" in top
+    assert "**Not the reference recipe:**" in top and "`data.test_limit: 100`" in top
     assert "minus reference" not in text
     assert "median of 5 timed passes" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)

@@ -74,7 +74,7 @@ def scale_departures(settings: dict[str, object], epochs: dict[str, int]) -> lis
 
     settings: the REFERENCE_SCALE keys' values in this run; epochs: each model's epochs trained.
     """
-    found = [f"`{key}` {_shown(value)} (reference: {_shown(REFERENCE_SCALE[key])})"
+    found = [f"`{key}: {_shown(value)}` (reference: `{_shown(REFERENCE_SCALE[key])}`)"
              for key, value in settings.items() if value != REFERENCE_SCALE[key]]
     shorter = [f"{TITLES.get(m, m)} {n}" for m, n in epochs.items() if n != REFERENCE_EPOCHS.get(m, n)]
     if shorter:
@@ -84,7 +84,7 @@ def scale_departures(settings: dict[str, object], epochs: dict[str, int]) -> lis
 
 
 def _shown(value) -> str:
-    return "null (all images)" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+    return "null" if value is None else str(value)  # as params.yaml spells it
 
 
 def scale_caveat(departures: list[str]) -> str:
