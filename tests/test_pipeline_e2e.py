@@ -113,6 +113,7 @@ def test_the_readme_experiments_read_in_a_120_column_terminal(repo):
     recipe = next(line.split("#")[0] for line in block.splitlines()
                   if line.startswith("dvc exp show --only-changed"))
     shown = in_terminal([BIN_DIR / "dvc", *shlex.split(recipe)[1:], "--no-pager"], repo, columns=120)
+    print(shown)  # what the terminal shows (pytest -s)
     assert "…" not in shown, shown
     assert max(len(line) for line in shown.splitlines()) <= 120, shown
     baseline_row = next(row for row in json.loads(ok(repo.dvc("exp", "show", "--json")).stdout)

@@ -61,4 +61,3 @@ def measure(models: dict[str, tuple[nn.Module, Normalizer]], images: np.ndarray,
                    "throughput_img_s_range": [min(throughput[name]), max(throughput[name])],
                    "latency_ms": statistics.median(latency[name]),
                    "latency_ms_range": [min(latency[name]), max(latency[name])]} for name in models}
-
