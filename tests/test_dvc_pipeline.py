@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_working_tree
+from conftest import ROOT, copy_working_tree, run_cmd
 
 PARAMS = {"seed": 0, "data.train_limit": 1000, "data.test_limit": 200, "data.val_size": 100,
           "augment.offline_copies": 0, "augment.preview_images": 8}
@@ -106,3 +106,48 @@ def test_augment_param_change_invalidates_augment_only(repro):
         assert "download:" not in status.stdout, status.stdout
     finally:
         (project.root / "params.yaml").write_text(params)
+
+
+def _resolved_stages(root) -> dict[str, dict]:
+    """Each stage as DVC itself loads it from `root`/dvc.yaml: cmd, deps, params by file, outs."""
+    from dvc.repo import Repo
+    with Repo(str(root)) as repo:
+        return {stage.name: {"cmd": stage.cmd,
+                             "deps": sorted(d.def_path for d in stage.deps if not hasattr(d, "params")),
+                             "params": {d.def_path: sorted(d.params) for d in stage.deps if hasattr(d, "params")},
+                             "outs": sorted((o.def_path, o.use_cache, o.metric, o.plot) for o in stage.outs)}
+                for stage in repo.index.stages}
+
+
+def written_out(pipeline: dict) -> dict:
+    """dvc.yaml with its anchors expanded and every params entry a plain key, as one would write it."""
+    pipeline = json.loads(json.dumps(pipeline))  # no shared objects: YAML would anchor them again
+    for stage in pipeline["stages"].values():
+        keys = []
+        for entry in stage.get("params", []):
+            keys += [key for keys_of_file in entry.values() for key in keys_of_file] if isinstance(entry, dict) \
+                else [entry]
+        if keys:
+            stage["params"] = keys
+    return pipeline
+
+
+def test_the_anchors_in_dvc_yaml_change_nothing(tmp_path):
+    """The train stages share their deps and params through YAML anchors; each resolves to the
+    same cmd, deps, params and outs as the same dvc.yaml written out in full."""
+    text = (ROOT / "dvc.yaml").read_text()
+    assert "&train_deps" in text and text.count("*train_deps") == 2 and text.count("*train_params") == 2
+    full = tmp_path / "full"
+    full.mkdir()
+    assert run_cmd(["git", "init", "-q"], cwd=full).returncode == 0
+    (full / ".dvc").mkdir()  # with git: a DVC repository enough to load its dvc.yaml
+    (full / "dvc.yaml").write_text(yaml.safe_dump(written_out(yaml.safe_load(text)), sort_keys=False))
+    assert "&" not in (full / "dvc.yaml").read_text() and "*train" not in (full / "dvc.yaml").read_text()
+    (full / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    anchored, expanded = _resolved_stages(ROOT), _resolved_stages(full)
+    assert anchored == expanded
+    shared = anchored["train-resnet18"]
+    for name in ("train-resnet34", "train-resnet50"):
+        model = name.removeprefix("train-")
+        assert anchored[name]["deps"] == shared["deps"]
+        assert set(anchored[name]["params"]["params.yaml"]) - set(shared["params"]["params.yaml"]) == {f"model.{model}"}
