@@ -6,7 +6,7 @@ At the repository root, as a Gradio Space expects. It serves the models in model
 trained (and says how to get the others), each model's test top-1 from metrics/, the params
 it was trained with, and example images from the test split. The endpoint `/classify` takes
 (image, model name) and returns the top-5 as a Label value; `/classify_all` gives every
-trained model's top-5 side by side. Images go through src/infer.py, as in
+trained model's top-5 side by side. Images go through src/images.py and src/classifier.py, as in
 `python -m src.classify`, so both give the same probabilities for the same file.
 """
 from __future__ import annotations
@@ -26,9 +26,8 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from src import infer  # noqa: E402
-from src.cli import UserError, run  # noqa: E402
-from src.params import MODELS  # noqa: E402
+from src import classifier, images, model_file  # noqa: E402
+from src.errors import UserError, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 TOP = 5
@@ -52,17 +51,17 @@ def main() -> None:
                             "--port, or --host 127.0.0.1.") from None
 
 
-def load_models(root: Path) -> tuple[dict[str, infer.Classifier], dict[str, str]]:
+def load_models(root: Path) -> tuple[dict[str, classifier.Classifier], dict[str, str]]:
     """(loaded models, why each other model is not served)."""
-    runtime = infer.inference_runtime()
+    runtime = classifier.inference_runtime()
     loaded, missing = {}, {}
-    for name in MODELS:
-        path = infer.model_path(name, root)
+    for name in classifier.model_names(root):
+        path = model_file.path_of(name, root)
         if not path.is_file():
-            missing[name] = f"not trained: {infer.how_to_get(name)}"
+            missing[name] = f"not trained: {model_file.how_to_get(name)}"
             continue
         try:
-            loaded[name] = infer.load_classifier(path, runtime)
+            loaded[name] = classifier.load_classifier(path, runtime)
         except UserError as error:  # a foreign or outdated file: the others still serve
             missing[name] = str(error).replace(str(path), f"models/{name}.pt")
     if not loaded:
@@ -73,7 +72,7 @@ def load_models(root: Path) -> tuple[dict[str, infer.Classifier], dict[str, str]
 def build(root: Path, example_dir: Path) -> gr.Blocks:
     """The demo for the models under `root`; example PNGs are written to `example_dir`."""
     models, missing = load_models(root)
-    default = infer.default_model(root)[0]
+    default = classifier.default_model(root)[0]
     default = default if default in models else next(iter(models))
 
     def classify(image: str | None, model: str) -> dict[str, float] | None:
@@ -120,16 +119,16 @@ def build(root: Path, example_dir: Path) -> gr.Blocks:
 
 def _load(path: str) -> np.ndarray:
     try:
-        return infer.load_image(path)
-    except infer.ImageError as error:
+        return images.load_image(path)
+    except images.ImageError as error:
         raise gr.Error(f"{Path(path).name}: {error}") from None
 
 
-def models_table(root: Path, models: dict[str, infer.Classifier], missing: dict[str, str]) -> str:
+def models_table(root: Path, models: dict[str, classifier.Classifier], missing: dict[str, str]) -> str:
     rows = ["| model | test top-1 (95% interval) | trained with |", "|---|---|---|"]
-    for name in MODELS:
+    for name in classifier.model_names(root):
         if name in models:
-            rows.append(f"| {name} | {top1_text(infer.test_metrics(name, root))} | "
+            rows.append(f"| {name} | {top1_text(classifier.test_metrics(name, root))} | "
                         f"{trained_with(models[name].trained_with)} |")
         else:
             rows.append(f"| {name} | {missing[name]} | |")

@@ -1,11 +1,11 @@
 """Classify image files with a trained model: the top-K CIFAR-100 classes of each.
 
-    python -m src.classify PATH... [--model resnet18|resnet34|resnet50] [--top K] [--json]
+    python -m src.classify PATH... [--model NAME] [--top K] [--json]
 
 PATHs are image files or folders (searched recursively for files with an image suffix).
 The model defaults to the trained one with the best test top-1 in metrics/summary.json
 (without metrics: the first trained model found); which one is used is printed on stderr.
-Any image Pillow opens is brought to 32x32 RGB as src/infer.py describes. A file that
+Any image Pillow opens is brought to 32x32 RGB as src/images.py describes. A file that
 cannot be classified gets one line on stderr (and an "error" object with --json); the
 others are still classified, and the exit status is 1 when any failed.
 """
@@ -17,21 +17,20 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from src import infer
-from src.cli import UserError, run
-from src.params import MODELS
+from src import classifier, images, model_file
+from src.errors import UserError, run
 
 
 def main() -> None:
     args = parse_args()
     name = args.model
     if name is None:
-        name, why = infer.default_model()
-        print(f"using {name} ({infer.model_path(name)}): {why}", file=sys.stderr)
-    classifier = infer.load_classifier(infer.model_path(name), infer.inference_runtime(args.device))
+        name, why = classifier.default_model()
+        print(f"using {name} ({model_file.path_of(name)}): {why}", file=sys.stderr)
+    model = classifier.load_classifier(model_file.path_of(name), classifier.inference_runtime(args.device))
     results = []
     for path, error in inputs(args.paths):  # printed as they come: a big folder shows progress
-        results.append(result := classify_one(classifier, path, error, args.top))
+        results.append(result := classify_one(model, path, error, args.top))
         if "error" in result:
             print(f"ERROR: {result['path']}: {result['error']}", file=sys.stderr, flush=True)
         elif not args.json:
@@ -46,7 +45,8 @@ def main() -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m src.classify", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", metavar="PATH", type=Path, help="image files and folders")
-    parser.add_argument("--model", choices=MODELS, help="default: best test top-1 in metrics/summary.json")
+    parser.add_argument("--model", choices=classifier.model_names(),  # params.yaml's model.<name> blocks
+                        help="default: best test top-1 in metrics/summary.json")
     parser.add_argument("--top", type=int, default=5, metavar="K", help="classes per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON list on stdout")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
@@ -60,7 +60,7 @@ def inputs(paths: list[Path]) -> Iterator[tuple[Path, str | None]]:
     """(path, None) for each file to classify, (path, problem) for an argument that yields none."""
     for path in paths:
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in infer.IMAGE_SUFFIXES)
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in images.IMAGE_SUFFIXES)
             if not files:
                 yield path, "folder holds no image files (searched recursively for .png, .jpg, .webp, ...)"
             yield from ((file, None) for file in files)
@@ -70,11 +70,11 @@ def inputs(paths: list[Path]) -> Iterator[tuple[Path, str | None]]:
             yield path, "no such file or folder"
 
 
-def classify_one(classifier: infer.Classifier, path: Path, error: str | None, k: int) -> dict:
+def classify_one(model: classifier.Classifier, path: Path, error: str | None, k: int) -> dict:
     if error is None:
         try:
-            top = classifier.top(infer.load_image(path), k)
-        except infer.ImageError as problem:
+            top = model.top(images.load_image(path), k)
+        except images.ImageError as problem:
             error = str(problem)
     if error is not None:
         return {"path": str(path), "error": error}

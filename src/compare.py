@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.cli import UserError, run
-from src.params import MODELS
+from src.errors import UserError, run
+from src.params import load_params
 
 METRICS = ("top1", "top5")
 NOT_FINISHED = ("queued", "running", "failed")
@@ -51,7 +51,7 @@ def flatten(params: dict, prefix: str = "") -> dict:
     return flat
 
 
-def experiments(shown: list[dict]) -> tuple[pd.DataFrame, int]:
+def experiments(shown: list[dict], models: list[str]) -> tuple[pd.DataFrame, int]:
     """(one row per finished experiment and model: experiment, timestamp, seed, group (every
     param but seed, as sorted JSON), model, top1, top5; the number not finished yet or failed).
 
@@ -72,14 +72,14 @@ def experiments(shown: list[dict]) -> tuple[pd.DataFrame, int]:
             params = flatten(state["data"]["params"].get("params.yaml", {}).get("data", {}))
             seed = params.pop("seed", None)
             group = json.dumps(params, sort_keys=True)
-            for model in MODELS:
-                values = model_metrics(state["data"]["metrics"], model, name)
+            for model in models:
+                values = model_metrics(state["data"]["metrics"], model, name, models)
                 rows.append({"experiment": name, "timestamp": state["data"].get("timestamp") or "",
                              "seed": seed, "group": group, "model": model, **values})
     return pd.DataFrame(rows), unfinished
 
 
-def model_metrics(metrics: dict, model: str, experiment: str) -> dict:
+def model_metrics(metrics: dict, model: str, experiment: str, models: list[str]) -> dict:
     """top1 and top5 of `model` in one experiment's metrics, or a UserError saying what is wrong."""
     path = f"metrics/{model}.json"
     fix = f"run it again (`dvc exp run` with its params) or remove it with `dvc exp remove {experiment}`"
@@ -88,7 +88,7 @@ def model_metrics(metrics: dict, model: str, experiment: str) -> dict:
     # Not declared in its dvc.yaml, or declared and absent from its commit: either way no numbers.
     if path not in metrics or error.get("type") == "FileNotFoundError":
         raise UserError(f"experiment {experiment} has no {path} (it lacks {model}; every experiment must "
-                        f"evaluate all of {', '.join(MODELS)}): {fix}")
+                        f"evaluate all of {', '.join(models)}): {fix}")
     if error:
         raise UserError(f"experiment {experiment}: {path} is not valid JSON "
                         f"({error.get('type', 'unreadable')}): {fix}")
@@ -103,6 +103,7 @@ def summarise(runs: pd.DataFrame) -> list[dict]:
     std (sample, ddof=1; None for one run), min and max of each metric."""
     # One run per seed and group: an experiment repeated with the same params counts once (the newest).
     runs = runs.sort_values("timestamp", kind="stable").drop_duplicates(["group", "seed", "model"], keep="last")
+    models = list(dict.fromkeys(runs["model"]))  # in params.yaml's order
     groups = sorted(runs["group"].unique())
     params_of = [json.loads(g) for g in groups]
     keys = sorted(set().union(*params_of))
@@ -119,7 +120,7 @@ def summarise(runs: pd.DataFrame) -> list[dict]:
             "models": {model: {"n": int(stats.loc[model, (METRICS[0], "count")]),
                                **{metric: {stat: _number(stats.loc[model, (metric, stat)])
                                            for stat in ("mean", "std", "min", "max")} for metric in METRICS}}
-                       for model in MODELS},
+                       for model in models},
         })
     return out
 
@@ -156,12 +157,12 @@ def figure(groups: list[dict], runs: pd.DataFrame, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5.5 * len(METRICS), 4.2), squeeze=False)
-    width = 0.8 / len(groups)
+    width, models = 0.8 / len(groups), list(groups[0]["models"])
     for ax, metric in zip(axes[0], METRICS):
         for g, group in enumerate(groups):
             label = (", ".join(f"{k}={v}" for k, v in group["differs_by"].items())
                      or f"seeds {', '.join(str(s) for s in group['seeds'])}")
-            for m, model in enumerate(MODELS):
+            for m, model in enumerate(models):
                 x = m - 0.4 + width * (g + 0.5)
                 points = runs[(runs["experiment"].isin(group["experiments"])) & (runs["model"] == model)][metric]
                 # Dots just left of the mean's bar, so that neither hides the other.
@@ -169,7 +170,7 @@ def figure(groups: list[dict], runs: pd.DataFrame, path: str | Path) -> None:
                 stats = group["models"][model][metric]
                 ax.errorbar(x + width * 0.15, stats["mean"], yerr=stats["std"] or 0, fmt="_", markersize=18,
                             capsize=4, color=f"C{g}", label=label if m == 0 else None, zorder=4)
-        ax.set_xticks(range(len(MODELS)), MODELS)
+        ax.set_xticks(range(len(models)), models)
         ax.set_ylabel(f"{metric} (%)")
         ax.set_title(f"{metric}: each seed (dots), mean +- std (bars)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="write the numbers as JSON to PATH (stdout without PATH) instead of the table")
     parser.add_argument("--figure", metavar="PATH", help="also draw each seed's point and the means (PNG)")
     args = parser.parse_args(argv)
-    runs, unfinished = experiments(exp_show())
+    # The models are the workspace's params.yaml blocks: every experiment must have evaluated them.
+    runs, unfinished = experiments(exp_show(), load_params().model.names)
     if runs.empty:
         waiting = f" ({unfinished} queued, running or failed: see `dvc queue status`)" if unfinished else ""
         raise UserError(f"no finished experiment in this repository's current commit{waiting}: {STUDY}")

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from src.cli import UserError
+from src.errors import UserError
 
-MODELS = ("resnet18", "resnet34", "resnet50")
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # in stage names (train-<name>) and file names
+MODULE_NAME = re.compile(r"[a-z_][a-z0-9_]*")  # an architecture module: src/models/<module>.py
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 CIFAR100_TRAIN_SIZE = 50_000
@@ -108,6 +109,12 @@ class AugmentParams(ModelAugment):
 
 
 class ModelRecipe(Section):
+    """One `model.<name>` block: its architecture, then its recipe (scales of the shared keys,
+    batch mixing, AutoAugment and augmentation overrides)."""
+    block: Optional[Literal["basic", "bottleneck"]] = None  # a CIFAR ResNet of torchvision's blocks
+    layers: Optional[list[Annotated[int, Field(ge=1, le=64)]]] = Field(default=None, min_length=4, max_length=4)
+    module: Optional[str] = None  # or an architecture in code: src/models/<module>.py
+    options: dict = Field(default_factory=dict)  # keyword arguments of that module's build_model
     epochs_scale: float = Field(default=1.0, gt=0)
     lr_scale: float = Field(default=1.0, gt=0)
     mixup_alpha: float = Field(default=0.0, ge=0)
@@ -124,23 +131,67 @@ class ModelRecipe(Section):
                              "0 to 1 (0: off; seed 001 used 0.7), not true/false")
         return value
 
+    def architecture(self) -> dict:
+        """What src/models/build.py builds, as the model file stores it."""
+        if self.module is not None:
+            return {"module": self.module, "options": dict(self.options)}
+        return {"block": self.block, "layers": list(self.layers)}
+
+
+SHARED_MODEL_KEYS = ("width", "zero_init_residual", "dropout")
+
 
 class ModelParams(Section):
+    """The keys every model shares, and one `model.<name>` block per model: the set of blocks is
+    the list of models (in params.yaml's order) that every stage and command takes."""
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, ModelRecipe] = Field(init=False)
     width: int = Field(default=64, ge=1, le=512)
     zero_init_residual: bool = False
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    resnet18: ModelRecipe = ModelRecipe()
-    resnet34: ModelRecipe = ModelRecipe()
-    # Seed 001: 200 epochs, lr 0.8 at batch 2048 (0.1 per 256 images), mixup 0.2, AutoAugment on
-    # 70% of the images, RandomResizedCrop(scale 0.8-1, ratio 0.9-1.1).
-    resnet50: ModelRecipe = ModelRecipe(epochs_scale=2.0, lr_scale=0.5, mixup_alpha=0.2, autoaugment=0.7,
-                                        augment={"crop": "resized", "resized_scale": [0.8, 1.0],
-                                                 "resized_ratio": [0.9, 1.1]})
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.__pydantic_extra__ or {})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blocks_are_mappings(cls, values):
+        for name, value in (values.items() if isinstance(values, dict) else ()):
+            if name not in SHARED_MODEL_KEYS and not isinstance(value, dict):
+                raise ValueError(f"unknown key 'model.{name}' (= {value!r}): `model` holds "
+                                 f"{', '.join(SHARED_MODEL_KEYS)} and one block (a mapping) per model, e.g. "
+                                 "`resnet18: {block: basic, layers: [2, 2, 2, 2], ...}`: check the spelling")
+            if name not in SHARED_MODEL_KEYS and not MODEL_NAME.fullmatch(name):
+                raise ValueError(f"model.{name}: a model's name is used in its stage and file names, so "
+                                 "it must be lower-case letters, digits, - and _ (e.g. resnet101)")
+        return values
+
+    @model_validator(mode="after")
+    def _architectures(self) -> "ModelParams":
+        for name in self.names:
+            recipe, where = self.__pydantic_extra__[name], f"model.{name}"
+            if recipe.module is not None:
+                if recipe.block is not None or recipe.layers is not None:
+                    raise ValueError(f"{where}.module = {recipe.module!r} beside {where}.block/layers: a model "
+                                     "has one architecture, keep one")
+                if not MODULE_NAME.fullmatch(recipe.module):
+                    raise ValueError(f"{where}.module = {recipe.module!r} must be the name of a file "
+                                     "src/models/<module>.py (lower-case letters, digits, _)")
+            elif recipe.block is None or recipe.layers is None:
+                known = [n for n in self.names if self.__pydantic_extra__[n].block or self.__pydantic_extra__[n].module]
+                raise ValueError(
+                    f"{where} has no architecture: give it `block: basic | bottleneck` and `layers: "
+                    f"[n1, n2, n3, n4]` (or `module: <file in src/models/>`), as README \"Add a model\" "
+                    f"shows. If you meant an existing model, check its name ({', '.join(known) or 'none'})")
+            elif recipe.options:
+                raise ValueError(f"{where}.options is for a module architecture; a ResNet block takes none")
+        return self
 
     @model_validator(mode="after")
     def _augment_overrides(self) -> "ModelParams":
-        for name in MODELS:
-            for key, value in getattr(self, name).augment.items():
+        for name in self.names:
+            for key, value in self.__pydantic_extra__[name].augment.items():
                 where = f"model.{name}.augment.{key}"
                 if key not in ModelAugment.model_fields:
                     raise ValueError(f"{where} is not a key a model can override: use one of "
@@ -164,6 +215,14 @@ class TrainParams(Section):
     grad_clip_norm: Optional[float] = Field(default=None, gt=0)
     ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)
     ema_warmup: bool = True
+
+
+class Reference(Section):
+    """A published result the report sets a model's against (read by the report only)."""
+    top1: Optional[float] = Field(default=None, ge=0, le=100)  # test top-1, percent
+    top5: Optional[float] = Field(default=None, ge=0, le=100)  # test top-5, percent
+    epochs: Optional[int] = Field(default=None, ge=1)          # the epochs it was trained for
+    source: str = ""                                           # where the number comes from
 
 
 class EvaluateParams(Section):
@@ -235,9 +294,14 @@ class Params(Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     runtime: RuntimeParams = RuntimeParams()
+    reference: dict[str, Reference] = Field(default_factory=dict)
 
     def recipe(self, model_name: str) -> ModelRecipe:
-        return getattr(self.model, model_name)
+        recipes = self.model.__pydantic_extra__ or {}
+        if model_name not in recipes:
+            raise UserError(f"params.yaml has no model.{model_name} block: the models are "
+                            f"{', '.join(recipes) or 'none'}. To add one, see README \"Add a model\"")
+        return recipes[model_name]
 
     def model_epochs(self, model_name: str) -> int:
         return max(1, round(self.epochs * self.recipe(model_name).epochs_scale))
@@ -257,7 +321,9 @@ class Params(Section):
 
 
 def _describe(error: dict) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    # An item of a list (model.<name>.layers): the key is the list's; its position follows it.
+    at = "".join(f"[{part}]" for part in error["loc"] if isinstance(part, int))
+    key = ".".join(str(part) for part in error["loc"] if not isinstance(part, int)) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"params.yaml: unknown key '{key}': remove it or check its spelling (see src/params.py)"
@@ -267,7 +333,7 @@ def _describe(error: dict) -> str:
     if isinstance(value, dict):  # a check across keys: its message names them
         return f"params.yaml: {message}. Fix params.yaml or pass `dvc exp run -S key=value`"
     return (
-        f"params.yaml: {key} = {value!r} is not allowed: {message}. "
+        f"params.yaml: {key}{at} = {value!r} is not allowed: {message}. "
         f"Fix params.yaml or pass `dvc exp run -S {key}=...`"
     )
 

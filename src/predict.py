@@ -1,15 +1,39 @@
-"""Batched inference: logits for a split of uint8 images, the one way every stage runs a model."""
+"""Running a trained model: built from its model file, then batched logits for uint8 images.
+
+The one way every stage and command runs a model: train (the held-out split each epoch),
+evaluate, src.classify and the app.
+"""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from src.runtime import Runtime
 from src.data.normalize import Normalizer
+from src.errors import UserError
+from src.models.build import build_model
+from src.runtime import Runtime
+
+
+def build_trained(state: dict, runtime: Runtime) -> tuple[nn.Module, Normalizer]:
+    """The model of a checked model file (src/model_file.py) with its trained weights on the
+    runtime's device, in eval mode, and its input normalisation."""
+    name = state["model"]
+    try:
+        model = build_model(state["architecture"], num_classes=state["num_classes"], width=state["width"])
+        model.load_state_dict(state["state_dict"])
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise UserError(f"the weights of {name} do not fit its architecture {state['architecture']} "
+                        f"(width {state['width']}): {str(error).splitlines()[0]}. "
+                        f"Retrain it with `dvc repro train-{name}`.") from None
+    model = model.to(runtime.device).eval()
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    normalize = Normalizer(state["normalize"]["mean"], state["normalize"]["std"],
+                           runtime.device, runtime.channels_last)
+    return model, normalize
 
 
 @torch.no_grad()
@@ -36,11 +60,3 @@ def predict_logits(model: nn.Module, images: np.ndarray, normalize: Normalizer, 
                 logits = torch.logaddexp(logits.log_softmax(1), mirrored.log_softmax(1)) - math.log(2)
         outputs.append(logits)
     return torch.cat(outputs).cpu()
-
-
-def loss_and_accuracy(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
-    """Cross-entropy (no smoothing) and top-1 accuracy in percent."""
-    target = torch.from_numpy(labels)
-    loss = F.cross_entropy(logits, target).item()
-    accuracy = (logits.argmax(1) == target).float().mean().item() * 100
-    return loss, accuracy

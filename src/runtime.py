@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from src.cli import UserError
+from src.errors import UserError
 from src.params import RuntimeParams
 
 

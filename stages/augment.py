@@ -16,7 +16,8 @@ import numpy as np
 
 from src.augment import pipelines
 from src.augment.preview import save_preview
-from src.cli import run, staged_dir, staged_file
+from src.errors import run
+from src.atomic import staged_dir, staged_file
 from src.data import splits
 from src.params import load_params
 

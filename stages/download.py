@@ -9,7 +9,8 @@ Nothing is left under data/ if any step fails.
 """
 import json
 
-from src.cli import run, staged_dir
+from src.errors import run
+from src.atomic import staged_dir
 from src.data import splits
 from src.data.archive import MEMBERS, check_md5, decode_meta, decode_split, fetch, read_members, restricted_loads
 from src.params import load_params

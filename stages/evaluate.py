@@ -1,38 +1,42 @@
-"""Stage `evaluate`: test-split metrics, timings and plot data of every trained model.
+"""Stage `evaluate`: test-split metrics, timings and plot data of every model.
 
     python -m stages.evaluate            (run by `dvc repro evaluate`)
 
-In:  models/<name>.pt, data/prepared/ (test.npz, classes.json, stats.json), params evaluate, runtime
+In:  models/<name>.pt of every `model.<name>` block in params.yaml, data/prepared/ (test.npz,
+     classes.json, stats.json), params model (the list of models), evaluate, runtime
 Out: metrics/<name>.json             DVC metrics, the headline numbers: top1, top5 and their 95%
                                      bootstrap bounds, loss, ECE, macro F1; rounded, so identical
                                      runs give identical bytes
      metrics/summary.json            DVC metric: each model's top1 side by side, and `comparisons`:
                                      each pair's top-1 difference, its interval, McNemar p (+ Holm)
-     metrics/detail/<name>.json      the rest: macro precision/recall, per-superclass accuracy,
+     evaluation/detail/<name>.json   the rest: macro precision/recall, per-superclass accuracy,
                                      parameters, weights scored, provenance (not a DVC metric)
-     metrics/timing/<name>.json      throughput and latency on this device over several passes
+     evaluation/timing/<name>.json   throughput and latency on this device over several passes
                                      (apart, and not a DVC metric: they vary per run)
      plots/confusion/<name>.csv      actual,predicted superclass of every test image (DVC confusion)
      plots/reliability/<name>.csv    per confidence bin: confidence, accuracy, count
      plots/per_class/<name>.csv      accuracy of each class, grouped by superclass
      plots/predictions/<name>.csv    index,label,prediction,confidence,top5 of every test image
-Refuses, writing nothing, a model trained on other prepared data than data/prepared holds now.
+Refuses, writing nothing, a model trained on other prepared data than data/prepared holds now,
+and a model that dvc.yaml does not list among this stage's deps.
 """
 import json
 from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+import yaml
 
-from src.cli import run, staged_dir, staged_file
+from src import model_file
+from src.atomic import staged_dir
 from src.data import splits
+from src.errors import UserError, run
 from src.evaluate import files, results, timing
-from src.evaluate.model import build_trained, load_state
-from src.models.resnet import count_parameters
-from src.params import MODELS, load_params
-from src.predict import predict_logits
+from src.models.build import count_parameters
+from src.params import load_params
+from src.predict import build_trained, predict_logits
+from src.provenance import data_hash
 from src.runtime import Runtime, resolve
-from src.train.checkpoint import data_hash
 
 PREPARED = "data/prepared"
 
@@ -45,9 +49,13 @@ def main() -> None:
     classes = json.loads(Path(f"{PREPARED}/classes.json").read_text())
     archive_md5 = json.loads(Path(f"{PREPARED}/stats.json").read_text())["archive_md5"]
     prepared_hash = data_hash(PREPARED)
+    names = params.model.names
+    _check_declared(names)
     # Every model is checked before any is evaluated: a stale one fails in seconds.
-    states = {name: load_state(f"models/{name}.pt", prepared_hash) for name in MODELS}
-    print(f"evaluating {', '.join(MODELS)} on {len(test['fine_labels'])} test images, {_device(runtime)}")
+    states = {name: model_file.read(model_file.path_of(name)) for name in names}
+    for name, state in states.items():
+        model_file.check_trained_on(state, model_file.path_of(name), prepared_hash)
+    print(f"evaluating {', '.join(names)} on {len(test['fine_labels'])} test images, {_device(runtime)}")
 
     outputs, built = {}, {}
     for name, state in states.items():
@@ -70,23 +78,40 @@ def main() -> None:
               f"{t['throughput_img_s_range'][1]:.0f}), {t['latency_ms']:.2f} ms/image "
               f"({t['latency_ms_range'][0]:.2f}-{t['latency_ms_range'][1]:.2f})")
 
-    # Everything is computed before anything is written, and new files replace old ones only once
-    # all are written. Plot tables are replaced one by one, not as folders: DVC keeps the
-    # .gitignore of these cached outputs beside them.
-    with staged_dir("metrics") as metrics_dir, ExitStack() as plot_files:
-        (metrics_dir / "timing").mkdir()
-        (metrics_dir / "detail").mkdir()
+    # Everything is computed before anything is written, and the new folders replace the old ones
+    # only once all are written (each folder is one DVC output, so a model removed from params.yaml
+    # leaves no file behind).
+    with ExitStack() as folders:
+        metrics_dir = folders.enter_context(staged_dir("metrics"))
+        detail_dir, timing_dir = (folders.enter_context(staged_dir(f"evaluation/{f}")) for f in ("detail", "timing"))
+        tables = {table: folders.enter_context(staged_dir(f"plots/{table}"))
+                  for table in ("confusion", "reliability", "per_class", "predictions")}
         for name, output in outputs.items():
             files.write_json(metrics_dir / f"{name}.json", output["metrics"])
-            files.write_json(metrics_dir / "detail" / f"{name}.json", output["detail"])
-            files.write_json(metrics_dir / "timing" / f"{name}.json", timings[name])
-            for table in ("confusion", "reliability", "per_class", "predictions"):
-                files.write_csv(plot_files.enter_context(staged_file(f"plots/{table}/{name}.csv")),
-                                output[table])
+            files.write_json(detail_dir / f"{name}.json", output["detail"])
+            files.write_json(timing_dir / f"{name}.json", timings[name])
+            for table, folder in tables.items():
+                files.write_csv(folder / f"{name}.csv", output[table])
         files.write_json(metrics_dir / "summary.json",
                          results.summary({name: o["metrics"]["top1"] for name, o in outputs.items()},
                                          {name: o["correct"] for name, o in outputs.items()}))
-    print("wrote metrics/, plots/confusion/, plots/reliability/, plots/per_class/, plots/predictions/")
+    print("wrote metrics/, evaluation/, plots/confusion/, plots/reliability/, plots/per_class/, "
+          "plots/predictions/")
+
+
+def _check_declared(names: list[str]) -> None:
+    """Every model of params.yaml has its train stage and is among this stage's deps in dvc.yaml:
+    otherwise DVC would not re-evaluate it when it changes (README "Add a model")."""
+    if not Path("dvc.yaml").is_file():
+        return  # run outside the pipeline (a copy of the scripts alone)
+    stages = yaml.safe_load(Path("dvc.yaml").read_text()).get("stages", {})
+    deps = set(stages.get("evaluate", {}).get("deps", []))
+    for name in names:
+        problem = (f"has no train-{name} stage" if f"train-{name}" not in stages
+                   else None if f"models/{name}.pt" in deps else f"does not list models/{name}.pt among evaluate's deps")
+        if problem:
+            raise UserError(f"params.yaml has a model.{name} block, but dvc.yaml {problem}: add it as README "
+                            "\"Add a model\" shows (or remove the block)")
 
 
 def _device(runtime: Runtime) -> str:

@@ -1,4 +1,5 @@
-"""Stages `train-resnet18`, `train-resnet34`, `train-resnet50`: train one model from scratch.
+"""Stages `train-<name>` (train-resnet18, train-resnet34, train-resnet50, ...): train one model
+from scratch, the one whose `model.<name>` block in params.yaml gives its architecture and recipe.
 
     python -m stages.train --model resnet18      (run by `dvc repro train-resnet18`)
 
@@ -6,6 +7,7 @@ In:  data/prepared/, params seed, lr, epochs, batch_size, the shared augment.* k
      override, model.width, model.zero_init_residual, model.dropout, model.<name>, train, runtime
 Out: models/<name>.pt         final weights (the EMA of the weights with train.ema_decay) + the
                               params, augmentation, data hash and versions that made them
+                              (src/model_file.py)
      plots/train/<name>/      per-epoch curves (DVCLive)
 Resumes from checkpoints/<name>.pt after an interruption when nothing that matters changed.
 With runtime.nproc_per_node > 1 (or under torchrun) it trains in several processes
@@ -18,13 +20,16 @@ from pathlib import Path
 
 import torch
 
+from src import model_file
+from src.accuracy import loss_and_accuracy
 from src.augment import pipelines
-from src.cli import UserError, run
 from src.data import splits
 from src.data.normalize import Normalizer
-from src.models.resnet import ARCHITECTURES, build_model
+from src.errors import UserError, run
+from src.models.build import build_model
 from src.params import Params, load_params
-from src.predict import loss_and_accuracy, predict_logits
+from src.predict import predict_logits
+from src.provenance import data_hash, versions
 from src.runtime import Runtime, processes_per_node, resolve, seed_everything
 from src.train import checkpoint, distributed
 from src.train.curves import epoch_log
@@ -39,9 +44,10 @@ PREPARED = "data/prepared"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=sorted(ARCHITECTURES))
+    parser.add_argument("--model", required=True, help="a model.<name> block of params.yaml")
     name = parser.parse_args().model
     params = load_params()
+    params.recipe(name)  # an unknown name fails here, naming the models there are
     if not distributed.started_by_launcher() and (nproc := processes_per_node(params.runtime)) > 1:
         distributed.check_global_batch(params.batch_size, nproc)
         print(f"{name}: starting {nproc} training processes (torch.distributed elastic launcher)")
@@ -74,17 +80,16 @@ def train(name: str, params: Params, runtime: Runtime, processes: distributed.Pr
     batches = make_batches(train_split["images"], train_split["fine_labels"], augment, params.batch_size,
                            params.seed, runtime, shard=processes.shard(global_batch))
 
-    model = build_model(name, width=params.model.width, zero_init_residual=params.model.zero_init_residual,
-                        dropout=params.model.dropout).to(runtime.device, memory_format=runtime.memory_format)
+    model = _build(name, params).to(runtime.device, memory_format=runtime.memory_format)
     model, forward = distributed.wrap(model, processes, params.runtime.sync_batchnorm is not False)
     optimizer = build_optimizer(model, params.train, runtime.device)
     ema = WeightAverage(model, params.train.ema_decay, params.train.ema_warmup) if params.train.ema_decay else None
     final = ema.module if ema else model  # what is evaluated and written to models/<name>.pt
     epochs, peak_lr, steps = params.model_epochs(name), params.model_lr(name), len(batches)
     training = checkpoint.training_record(name, params, runtime, processes.world_size, heldout_split)
-    data_hash = checkpoint.data_hash(PREPARED)
+    prepared_hash = data_hash(PREPARED)
     ckpt_path = f"checkpoints/{name}.pt"
-    fingerprint = checkpoint.fingerprint(training, data_hash)  # params, data and code of this run
+    fingerprint = checkpoint.fingerprint(training, prepared_hash)  # params, data and code of this run
     # Rank 0 reads the resume point and hands it to the others (their disks may not have it).
     state, message = distributed.broadcast(checkpoint.load_checkpoint(ckpt_path, fingerprint)
                                            if main_process else None, processes)
@@ -125,11 +130,12 @@ def train(name: str, params: Params, runtime: Runtime, processes: distributed.Pr
                          ckpt_path)
     if main_process:
         saver.wait()  # the last resume point is complete before the model file makes it obsolete
-        checkpoint.save({"architecture": name, "num_classes": 100, "width": params.model.width,
-                         "state_dict": final.state_dict(), "ema": ema is not None, "params": training,
-                         "prepared_data_hash": data_hash, "normalize": {"mean": mean.tolist(), "std": std.tolist()},
-                         "classes": json.loads(Path(f"{PREPARED}/classes.json").read_text())["fine"],
-                         "history": history, "versions": checkpoint.versions()}, f"models/{name}.pt")
+        model_file.write(model_file.path_of(name), name=name, architecture=recipe.architecture(),
+                         width=params.model.width, state_dict=final.state_dict(), ema=ema is not None,
+                         params=training, prepared_data_hash=prepared_hash,
+                         normalize={"mean": mean.tolist(), "std": std.tolist()},
+                         classes=json.loads(Path(f"{PREPARED}/classes.json").read_text())["fine"],
+                         history=history, versions=versions())
         Path(ckpt_path).unlink(missing_ok=True)  # finished: nothing to resume
         print(_closing_line(name, heldout_split, history))
 
@@ -140,6 +146,14 @@ def _closing_line(name: str, heldout_split: str, history: list[dict]) -> str:
     images = sum(row["images_per_s"] * row["seconds"] for row in history)
     return (f"{name}: {heldout_split} top-1 {history[-1]['heldout_acc']:.2f}% after {len(history)} epochs, "
             f"{seconds:,.0f} s of training at {images / seconds:,.0f} img/s; wrote models/{name}.pt")
+
+
+def _build(name: str, params: Params) -> torch.nn.Module:
+    try:
+        return build_model(params.recipe(name).architecture(), width=params.model.width,
+                           zero_init_residual=params.model.zero_init_residual, dropout=params.model.dropout)
+    except ValueError as error:  # a module architecture that is not there or has no build_model
+        raise UserError(f"cannot build model.{name}: {error}") from None
 
 
 def _batch_mix(params: Params, name: str, runtime: Runtime) -> BatchMix | None:

@@ -29,7 +29,7 @@ machine:
 With --classify it measures inference on image files instead, for each model (untrained
 weights at --width: speed only), as the median of --classify-runs warm calls, in ms:
   <model>_png32_ms         `python -m src.classify`'s path for one 32x32 PNG: decode, to RGB,
-                           forward, top-5 (src/infer.py)
+                           forward, top-5 (src/images.py, src/classifier.py)
   <model>_jpeg640_ms       the same for a 640x480 JPEG photo (decode and resize to 32x32 included)
   <model>_forward_ms       the forward pass and softmax alone, on the decoded image
   <model>_app_ms           app.py's round trip: gradio_client uploads the PNG to the app on a
@@ -58,8 +58,8 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.augment import pipelines  # noqa: E402
-from src.models.resnet import build_model  # noqa: E402
-from src.params import AugmentParams, Params, RuntimeParams, TrainParams  # noqa: E402
+from src.models.build import build_model  # noqa: E402
+from src.params import AugmentParams, RuntimeParams, TrainParams, load_params  # noqa: E402
 from src.predict import predict_logits  # noqa: E402
 from src.runtime import channels_last_is_fast, resolve  # noqa: E402
 from src.data.normalize import Normalizer  # noqa: E402
@@ -163,7 +163,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
 
     def new_model():
-        model = build_model(args.model, width=args.width).to(device, memory_format=runtime.memory_format)
+        model = build_model(load_params().recipe(args.model).architecture(), width=args.width).to(
+            device, memory_format=runtime.memory_format)
         return model, (torch.compile(model) if runtime.compile else model)
 
     normalize = Normalizer(MEAN, STD, device, runtime.channels_last)
@@ -214,7 +215,7 @@ def main() -> None:
     # Per worker process: the default pipeline (the batch op), the same through albumentations
     # image by image, and ResNet-50's (seed 001: RandomResizedCrop, flip, AutoAugment on 70%,
     # Cutout), which always runs in workers (runtime.workers of them must outpace the GPU).
-    defaults = Params()
+    defaults = load_params(Path(__file__).resolve().parents[1] / "params.yaml")  # the models are its blocks
     autoaugment = pipelines.split_normalize(pipelines.build_train(
         defaults.model_augment("resnet50"), MEAN, STD, defaults.recipe("resnet50").autoaugment))[0]
     loaders = {key: LoaderBatches(train_images, train_labels, p, batch, 0, workers=0, pin_memory=False)
@@ -286,8 +287,9 @@ def classify_latency(device: str, width: int, runs: int) -> dict:
     from PIL import Image
 
     import app
-    from src import infer
-    from src.params import MODELS
+    from src import classifier, images, model_file
+    from src.params import load_params
+    MODELS = load_params().model.names  # noqa: N806
 
     rng = np.random.default_rng(0)
     figures = {}
@@ -296,19 +298,20 @@ def classify_latency(device: str, width: int, runs: int) -> dict:
         png, jpeg = root / "image.png", root / "photo.jpg"
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(png)
         Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(jpeg, quality=90)
-        runtime = infer.inference_runtime(device)
+        runtime = classifier.inference_runtime(device)
         for name in MODELS:
-            path = infer.model_path(name, root)
+            path = model_file.path_of(name, root)
             path.parent.mkdir(exist_ok=True)
-            checkpoint.save({"architecture": name, "num_classes": 100, "width": width,
-                             "state_dict": build_model(name, width=width).state_dict(),
-                             "normalize": {"mean": MEAN, "std": STD},
-                             "classes": [f"class {i}" for i in range(100)], "params": {"width": width}}, path)
-            classifier = infer.load_classifier(path, runtime)
-            pixels = infer.load_image(png)
+            architecture = load_params().recipe(name).architecture()
+            model_file.write(path, name=name, architecture=architecture, width=width,
+                             state_dict=build_model(architecture, width=width).state_dict(), ema=False,
+                             params={"width": width}, prepared_data_hash="", normalize={"mean": MEAN, "std": STD},
+                             classes=[f"class {i}" for i in range(100)], history=[], versions={})
+            model = classifier.load_classifier(path, runtime)
+            pixels = images.load_image(png)
             for key, image in (("png32", png), ("jpeg640", jpeg)):
-                figures[f"{name}_{key}_ms"] = median_ms(lambda: classifier.top(infer.load_image(image), 5), runs)
-            figures[f"{name}_forward_ms"] = median_ms(lambda: classifier.probabilities(pixels[None]), runs)
+                figures[f"{name}_{key}_ms"] = median_ms(lambda: model.top(images.load_image(image), 5), runs)
+            figures[f"{name}_forward_ms"] = median_ms(lambda: model.probabilities(pixels[None]), runs)
         # The app in this process, on a loopback port; its models are the files just written.
         demo = app.build(root, root)
         _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)

@@ -48,10 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark import MEAN, STD, paired_ratio, report  # noqa: E402  (tests/ is this script's folder)
 from src.augment import pipelines  # noqa: E402
-from src.cli import run  # noqa: E402
+from src.errors import run  # noqa: E402
 from src.data.normalize import Normalizer  # noqa: E402
-from src.models.resnet import build_model  # noqa: E402
-from src.params import AugmentParams, RuntimeParams, TrainParams  # noqa: E402
+from src.models.build import build_model  # noqa: E402
+from src.params import AugmentParams, RuntimeParams, TrainParams, load_params  # noqa: E402
 from src.runtime import available_cores, resolve  # noqa: E402
 from src.train import distributed  # noqa: E402
 from src.train.data import make_batches  # noqa: E402
@@ -74,7 +74,8 @@ def worker(args: argparse.Namespace) -> None:
         labels = rng.integers(0, 100, args.steps * batch)
         pipeline = pipelines.split_normalize(pipelines.build_train(AugmentParams(), MEAN, STD))[0]
         batches = make_batches(images, labels, pipeline, batch, 0, runtime, shard=processes.shard(batch))
-        model = build_model(args.model, width=args.width).to(device, memory_format=runtime.memory_format)
+        model = build_model(load_params().recipe(args.model).architecture(), width=args.width).to(
+            device, memory_format=runtime.memory_format)
         model, forward = distributed.wrap(model, processes, sync_batchnorm=True)
         optimizer = build_optimizer(model, TrainParams(), device)
         forward = torch.compile(forward) if runtime.compile else forward

@@ -25,6 +25,7 @@ import torch
 import yaml
 
 import cifar_archive as ca
+from src.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -32,8 +33,18 @@ GENUINE_PARTS = sorted((SHARED / "cifar100").glob("cifar-100-python.tar.gz.part*
 GENUINE_MD5 = "9c600102c9dd81479547f7fbb69f9571"
 BIN_DIR = Path(sys.executable).parent  # the venv's python and dvc
 ARCHIVE_NAME = "cifar-100-python.tar.gz"
+# The models, as every stage and command takes them: the model.<name> blocks of params.yaml.
+_PARAMS = load_params(ROOT / "params.yaml")
+MODELS = tuple(_PARAMS.model.names)
+ARCHITECTURES = {name: _PARAMS.recipe(name).architecture() for name in MODELS}  # what build_model takes
 
 _timings: dict[str, float] = {}
+
+
+def build_model(name: str, **options):
+    """The model `name` of params.yaml as the train stage builds it (src.models.build)."""
+    from src.models.build import build_model as build
+    return build(ARCHITECTURES[name], **options)
 
 
 # --------------------------------------------------------------------------- commands
@@ -322,7 +333,7 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return result
 
 
-TRAIN_STAGES = {"train-resnet18", "train-resnet34", "train-resnet50"}
+TRAIN_STAGES = {f"train-{name}" for name in MODELS}
 
 
 def run_queue(project: Project, jobs: int, expected: int, timeout: float) -> str:

@@ -236,12 +236,18 @@ class ProjectCopy:
         sys.path.insert(0, str(self.folder))
         try:
             from src.data import splits
-            from src.evaluate.metrics import topk_accuracy
-            from src.evaluate.model import build_trained
             from src.params import RuntimeParams
             from src.predict import predict_logits
             from src.runtime import resolve
-            from src.train.checkpoint import load_model_file
+            try:  # the project's own reader and accuracy (since issue 20)
+                from src.accuracy import percent, topk_correct
+                from src.model_file import read as load_model_file
+                from src.predict import build_trained
+                topk_accuracy = lambda logits, labels, k: percent(topk_correct(logits, labels, k))  # noqa: E731
+            except ImportError:  # a checkout from before issue 20
+                from src.evaluate.metrics import topk_accuracy
+                from src.evaluate.model import build_trained
+                from src.train.checkpoint import load_model_file
             runtime = resolve(RuntimeParams(device="cpu"))
             test = splits.load(self.folder / "data/prepared/test.npz")
             model, normalize = build_trained(load_model_file(model_file), runtime)

@@ -15,9 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import Project, copy_working_tree, ok, train
-from src.models.resnet import build_model
-from src.train import checkpoint
+from conftest import ARCHITECTURES, Project, build_model, copy_working_tree, ok, train
+from src import model_file
 
 PARAMS = {"data.train_limit": 300, "data.test_limit": 60, "model.width": 2, "epochs": 1,
           "batch_size": 100, "lr": 0.1, "augment.preview_images": 4,
@@ -51,12 +50,15 @@ def trained_project(tmp_path_factory, downloaded) -> Project:
 def write_untrained_like(trained: Path, names: list[str]) -> None:
     """Model files in the format of `trained` (the train stage's), with untrained weights of other
     architectures: training them too would double the time of these tests and check nothing more."""
-    state = torch.load(trained, weights_only=True)
+    state = model_file.read(trained)
     for seed, name in enumerate(names, start=1):
         torch.manual_seed(seed)
         model = build_model(name, width=state["width"])
-        checkpoint.save({**state, "architecture": name, "state_dict": model.state_dict(),
-                         "params": {**state["params"], "model": name}}, trained.parent / f"{name}.pt")
+        model_file.write(trained.parent / f"{name}.pt", name=name, architecture=ARCHITECTURES[name],
+                         width=state["width"], state_dict=model.state_dict(), ema=state["ema"],
+                         params={**state["params"], "model": name}, prepared_data_hash=state["prepared_data_hash"],
+                         normalize=state["normalize"], classes=state["classes"], history=state["history"],
+                         versions=state["versions"])
 
 
 def partial_project(tmp_path_factory, trained: Project) -> Project:

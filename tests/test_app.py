@@ -24,9 +24,8 @@ from typing import Iterator
 import pytest
 from gradio_client import Client, handle_file
 
-from conftest import command_env, ok
+from conftest import MODELS, command_env, ok
 from inference_project import PARTIAL_MODEL, classify, partial_project, save_pngs, split_images, trained_project
-from src.params import MODELS
 
 START_TIMEOUT = 120  # seconds for the server to answer; it starts in about 10 on two busy cores
 BROWSER_TIMEOUT = 60

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import cifar_archive as ca
-from conftest import GENUINE_MD5, assert_equal_arrays, copy_working_tree
+from conftest import GENUINE_MD5, ROOT, assert_equal_arrays, copy_working_tree
 from src.augment import pipelines
 from src.data.splits import channel_stats, stratified_holdout
 from src.params import AugmentParams
@@ -126,9 +126,9 @@ def test_pipeline_is_random_and_repeatable_from_its_seed(params, autoaugment):
 
 def test_resnet50_pipeline_is_seed_001s():
     """RandomResizedCrop(scale 0.8-1, ratio 0.9-1.1), flip, AutoAugment on 70%, Cutout, Normalize."""
-    from src.params import Params
+    from src.params import load_params
 
-    params = Params()
+    params = load_params(ROOT / "params.yaml")  # the models are its blocks
     steps = pipelines.build_train(params.model_augment("resnet50"), MEAN, STD,
                                   params.recipe("resnet50").autoaugment).transforms
     assert [type(t).__name__ for t in steps] == ["RandomResizedCrop", "HorizontalFlip", "AutoAugment",

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import clone, train, weights
+from conftest import build_model, clone, train, weights
 from src.augment import pipelines
 from src.augment.batch_ops import CropFlipCutout, DeviceBatches
-from src.models.resnet import build_model
 from src.params import AugmentParams, RuntimeParams
 from src.runtime import resolve
 from src.train.data import LoaderBatches

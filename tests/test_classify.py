@@ -1,4 +1,4 @@
-"""`python -m src.classify` and the image handling of src/infer.py.
+"""`python -m src.classify` and the image handling of src/images.py.
 
 The command runs as a subprocess in a project copy where the real stages trained three
 tiny models and evaluated them (tests/inference_project.py); its probabilities are
@@ -18,15 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ok
+from conftest import MODELS, ok
 from inference_project import PARTIAL_MODEL, classify, partial_project, save_pngs, split_images, trained_project
-from src import infer
-from src.cli import UserError
-from src.evaluate.model import build_trained, load_state
-from src.params import MODELS, RuntimeParams
-from src.predict import predict_logits
+from src import classifier, images, model_file
+from src.errors import UserError
+from src.params import RuntimeParams
+from src.predict import build_trained, predict_logits
+from src.provenance import data_hash
 from src.runtime import resolve
-from src.train.checkpoint import data_hash
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,9 @@ def partial(tmp_path_factory, project):
 def evaluate_probabilities(project, name: str, images: np.ndarray) -> np.ndarray:
     """Softmax of the logits that stages/evaluate.py computes for `images` with models/<name>.pt."""
     prepared = project.root / "data" / "prepared"
-    state = load_state(project.root / "models" / f"{name}.pt", data_hash(prepared))
+    path = project.root / "models" / f"{name}.pt"
+    state = model_file.read(path)
+    model_file.check_trained_on(state, path, data_hash(prepared))
     runtime = resolve(RuntimeParams(device="cpu"))
     model, normalize = build_trained(state, runtime)
     return predict_logits(model, images, normalize, runtime, batch_size=64).softmax(1).numpy()
@@ -82,8 +83,8 @@ def test_default_is_the_best_test_top1_and_the_output_is_readable(project, tmp_p
     assert f"using {best} (models/{best}.pt): the best test top-1 in metrics/summary.json" in result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == str(png) and len(lines) == 4
-    classifier = infer.load_classifier(project.root / "models" / f"{best}.pt", infer.inference_runtime("cpu"))
-    for line, (name, probability) in zip(lines[1:], classifier.top(infer.load_image(png), 3)):
+    model = classifier.load_classifier(project.root / "models" / f"{best}.pt", classifier.inference_runtime("cpu"))
+    for line, (name, probability) in zip(lines[1:], model.top(images.load_image(png), 3)):
         assert line.split() == [name, f"{100 * probability:.2f}%"]
 
 
@@ -136,23 +137,26 @@ def test_a_missing_model_says_how_to_get_it(partial, tmp_path):
 
 
 def test_foreign_hostile_and_outdated_model_files_are_refused(project, tmp_path):
-    runtime = infer.inference_runtime("cpu")
+    runtime = classifier.inference_runtime("cpu")
     state = torch.load(project.root / "models/resnet18.pt", weights_only=True)
     assert len(state["classes"]) == 100  # the train stage stores the class names
     foreign = tmp_path / "resnet18.pt"
     foreign.write_bytes(b"GIF89a not a model")
     with pytest.raises(UserError, match=r"refusing .*resnet18.pt"):
-        infer.load_classifier(foreign, runtime)
-    torch.save({"state_dict": {}, "architecture": "vgg11"}, foreign)
-    with pytest.raises(UserError, match=r"refusing .*architecture 'vgg11'"):
-        infer.load_classifier(foreign, runtime)
+        classifier.load_classifier(foreign, runtime)
+    torch.save({**state, "architecture": {"block": "vgg", "layers": [1]}}, foreign)
+    with pytest.raises(UserError, match=r"refusing .*architecture .*'vgg'.*dvc repro train-resnet18"):
+        classifier.load_classifier(foreign, runtime)
+    torch.save({**state, "architecture": "resnet18"}, foreign)  # as train stages before issue 20 wrote it
+    with pytest.raises(UserError, match=r"older train stage.*dvc repro train-resnet18"):
+        classifier.load_classifier(foreign, runtime)
     torch.save({key: value for key, value in state.items() if key != "classes"}, foreign)
-    with pytest.raises(UserError, match=r"has no class names.*dvc repro train-resnet18"):
-        infer.load_classifier(foreign, runtime)
+    with pytest.raises(UserError, match=r"lacks classes.*dvc repro train-resnet18"):
+        classifier.load_classifier(foreign, runtime)
     pickled = tmp_path / "resnet34.pt"  # something weights_only refuses: never unpickled
     torch.save({"state_dict": {}, "architecture": "resnet34", "hook": Path("x")}, pickled)
     with pytest.raises(UserError, match="safe loader rejects"):
-        infer.load_classifier(pickled, runtime)
+        classifier.load_classifier(pickled, runtime)
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -175,7 +179,7 @@ def test_a_32x32_rgb_image_is_used_as_it_is(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     for name in ("x.png", "x.bmp", "x.webp"):
         options = {"lossless": True} if name.endswith("webp") else {}
-        loaded = infer.load_image(saved(Image.fromarray(pixels), tmp_path, name, **options))
+        loaded = images.load_image(saved(Image.fromarray(pixels), tmp_path, name, **options))
         assert loaded.dtype == np.uint8 and loaded.shape == (32, 32, 3)
         np.testing.assert_array_equal(loaded, pixels)
 
@@ -196,7 +200,7 @@ def test_any_mode_becomes_rgb(tmp_path, mode, value, expected):
     else:
         image = Image.new(mode, (50, 40), value)
     name = "x.jpg" if mode == "CMYK" else "x.png"
-    loaded = infer.load_image(saved(image, tmp_path, name))
+    loaded = images.load_image(saved(image, tmp_path, name))
     assert loaded.shape == (32, 32, 3)
     np.testing.assert_allclose(loaded.reshape(-1, 3).mean(0), expected, atol=1.5)
 
@@ -205,9 +209,9 @@ def test_gif_first_frame_jpeg_and_large_images(tmp_path):
     frames = [Image.new("RGB", (64, 64), color) for color in ("red", "blue")]
     gif = tmp_path / "anim.gif"
     frames[0].save(gif, save_all=True, append_images=frames[1:])
-    assert infer.load_image(gif)[16, 16].tolist() == [255, 0, 0]
+    assert images.load_image(gif)[16, 16].tolist() == [255, 0, 0]
     big = saved(Image.new("RGB", (1600, 1200), (40, 160, 90)), tmp_path, "big.jpg", quality=95)
-    np.testing.assert_allclose(infer.load_image(big).reshape(-1, 3).mean(0), (40, 160, 90), atol=3)
+    np.testing.assert_allclose(images.load_image(big).reshape(-1, 3).mean(0), (40, 160, 90), atol=3)
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -215,25 +219,25 @@ def test_exif_orientation_is_applied(tmp_path):
     stored[:, :20, 0] = stored[:, 20:, 2] = 255  # left half red, right half blue
     exif = Image.Exif()
     exif[0x0112] = 6  # "turn 90 degrees clockwise to view": the left edge goes on top
-    loaded = infer.load_image(saved(Image.fromarray(stored), tmp_path, "turned.png", exif=exif))
+    loaded = images.load_image(saved(Image.fromarray(stored), tmp_path, "turned.png", exif=exif))
     assert loaded[4, 16].tolist() == [255, 0, 0] and loaded[28, 16].tolist() == [0, 0, 255]
     exif[0x0112] = 1  # upright as stored
-    loaded = infer.load_image(saved(Image.fromarray(stored), tmp_path, "upright.png", exif=exif))
+    loaded = images.load_image(saved(Image.fromarray(stored), tmp_path, "upright.png", exif=exif))
     assert loaded[16, 4].tolist() == [255, 0, 0] and loaded[16, 28].tolist() == [0, 0, 255]
 
 
 def test_the_central_square_is_what_is_resized(tmp_path):
     wide = np.zeros((20, 60, 3), np.uint8)
     wide[:, :20, 0] = wide[:, 20:40, 1] = wide[:, 40:, 2] = 255  # red, green, blue thirds
-    loaded = infer.load_image(saved(Image.fromarray(wide), tmp_path, "wide.png"))
+    loaded = images.load_image(saved(Image.fromarray(wide), tmp_path, "wide.png"))
     np.testing.assert_allclose(loaded.reshape(-1, 3).mean(0), (0, 255, 0), atol=3)  # the green middle
 
 
 def test_pillow_decompression_bomb_limit_is_an_error(tmp_path, monkeypatch):
     path = saved(Image.new("L", (100, 100)), tmp_path, "x.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6_000)  # 10,000 pixels: between 1x and 2x
-    with pytest.raises(infer.ImageError, match=r"decompression bomb.*100x100 = 10,000 pixels.*6,000"):
-        infer.load_image(path)
+    with pytest.raises(images.ImageError, match=r"decompression bomb.*100x100 = 10,000 pixels.*6,000"):
+        images.load_image(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4_000)  # over 2x: Pillow raises
-    with pytest.raises(infer.ImageError, match="decompression bomb"):
-        infer.load_image(path)
+    with pytest.raises(images.ImageError, match="decompression bomb"):
+        images.load_image(path)

@@ -9,8 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import Project, copy_working_tree, ok, run_queue, tiny_repo
-from src.params import MODELS
+from conftest import MODELS, Project, copy_working_tree, ok, run_queue, tiny_repo
 
 SEEDS = (0, 1, 2)
 METRICS = ("top1", "top5")

@@ -23,11 +23,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import (BIN_DIR, TRAIN_STAGES, clone, copy_working_tree, ok, ran_stages, start_cmd, tiny_repo, train,
-                      weights)
-from src.cli import UserError
+from conftest import (BIN_DIR, TRAIN_STAGES, build_model, clone, copy_working_tree, ok, ran_stages, start_cmd,
+                      tiny_repo, train, weights)
+from src.errors import UserError
 from src.params import RuntimeParams
-from src.models.resnet import build_model
 from src.runtime import processes_per_node, resolve, seed_everything
 from src.train.distributed import Processes
 

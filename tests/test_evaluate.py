@@ -18,15 +18,15 @@ import torch
 import yaml
 from dvclive import Live
 
-from conftest import ROOT, Project, copy_working_tree
-from src.cli import UserError
+from conftest import ARCHITECTURES, MODELS, Project, ROOT, build_model, copy_working_tree
+from src import model_file
+from src.accuracy import percent, topk_correct
+from src.errors import UserError
 from src.evaluate import files, metrics, results
-from src.evaluate.model import load_state
 from src.evaluate.timing import batch_of, measure
-from src.models.resnet import build_model
-from src.params import MODELS, RuntimeParams
+from src.params import RuntimeParams
 from src.runtime import resolve
-from src.train import checkpoint
+from src.provenance import data_hash, versions
 from src.data.normalize import Normalizer
 
 # runtime.device stays auto: on a GPU machine the stage runs the CUDA path (bf16, channels_last),
@@ -38,10 +38,10 @@ TEST_IMAGES, EVAL_BATCH = TINY["data.test_limit"], TINY["runtime.eval_batch_size
 WIDTHS = {"resnet18": 2, "resnet34": 3, "resnet50": 2}  # tiny: speed only
 PLOT_TABLES = ("confusion", "reliability", "per_class", "predictions")
 METRIC_FILES = [f"metrics/{m}.json" for m in MODELS] + ["metrics/summary.json"]  # DVC metrics
-DETAIL_FILES = [f"metrics/detail/{m}.json" for m in MODELS]
+DETAIL_FILES = [f"evaluation/detail/{m}.json" for m in MODELS]
 ACCURACY_FILES = (METRIC_FILES + DETAIL_FILES
                   + [f"plots/{kind}/{m}.csv" for kind in PLOT_TABLES for m in MODELS])
-TIMING_FILES = [f"metrics/timing/{m}.json" for m in MODELS]
+TIMING_FILES = [f"evaluation/timing/{m}.json" for m in MODELS]
 HEADLINE = {"top1", "top1_low", "top1_high", "top5", "top5_low", "top5_high", "loss", "ece", "macro_f1"}
 
 
@@ -57,15 +57,16 @@ ON_CPU = expected_device() == "cpu, fp32"
 
 # --------------------------------------------------------------------------- metric functions
 
-def test_topk_accuracy_counts_label_among_k_largest():
+def test_topk_correct_counts_label_among_k_largest():
     logits = torch.tensor([[0.1, 0.5, 0.3, 0.2],   # label 1: top-1
                            [0.9, 0.1, 0.8, 0.0],   # label 2: 2nd largest
                            [0.0, 0.1, 0.2, 0.3]])  # label 0: smallest
     labels = np.array([1, 2, 0])
-    assert metrics.topk_accuracy(logits, labels, 1) == pytest.approx(100 / 3)
-    assert metrics.topk_accuracy(logits, labels, 2) == pytest.approx(200 / 3)
-    assert metrics.topk_accuracy(logits, labels, 3) == pytest.approx(200 / 3)
-    assert metrics.topk_accuracy(logits, labels, 5) == pytest.approx(100)  # k > classes: all
+    assert topk_correct(logits, labels, 1).tolist() == [True, False, False]
+    assert percent(topk_correct(logits, labels, 1)) == pytest.approx(100 / 3)
+    assert percent(topk_correct(logits, labels, 2)) == pytest.approx(200 / 3)
+    assert percent(topk_correct(logits, labels, 3)) == pytest.approx(200 / 3)
+    assert percent(topk_correct(logits, labels, 5)) == pytest.approx(100)  # k > classes: all
 
 
 def test_ece_on_a_hand_computed_example():
@@ -178,15 +179,17 @@ def test_timing_of_tiny_models_over_passes():
             assert 0 < low <= t[key] <= high
 
 
-def test_load_state_refuses_a_model_trained_on_other_data(tmp_path):
+def test_a_model_trained_on_other_data_is_refused(tmp_path):
     path = tmp_path / "resnet18.pt"
     write_model_file(path, "resnet18", 2, prepared_hash="a" * 32, mean=[0.5] * 3, std=[0.25] * 3)
-    assert load_state(path, "a" * 32)["architecture"] == "resnet18"
+    state = model_file.read(path)
+    assert state["model"] == "resnet18" and state["architecture"] == {"block": "basic", "layers": [2, 2, 2, 2]}
+    model_file.check_trained_on(state, path, "a" * 32)
     with pytest.raises(UserError, match=r"stale.*dvc repro train-resnet18"):
-        load_state(path, "b" * 32)
+        model_file.check_trained_on(state, path, "b" * 32)
 
 
-def test_load_state_refuses_a_hostile_model_file_without_running_it(tmp_path):
+def test_a_hostile_model_file_is_refused_without_running_it(tmp_path):
     sentinel = tmp_path / "pwned"
     path = tmp_path / "resnet18.pt"
     torch.save({"payload": 1}, path)  # a real torch zip file, then its pickle swapped for a hostile one
@@ -198,16 +201,16 @@ def test_load_state_refuses_a_hostile_model_file_without_running_it(tmp_path):
         for name, data in entries.items():
             hostile.writestr(name, data)
     with pytest.raises(UserError, match=r"refusing .*resnet18.pt.*safe loader rejects"):
-        load_state(path, "a" * 32)
+        model_file.read(path)
     assert not sentinel.exists()
     path.write_bytes(b"not a model at all")
     with pytest.raises(UserError, match="refusing"):
-        load_state(path, "a" * 32)
+        model_file.read(path)
 
 
-def test_load_state_refuses_a_missing_model(tmp_path):
-    with pytest.raises(UserError, match="not found"):
-        load_state(tmp_path / "resnet50.pt", "a" * 32)
+def test_a_missing_model_file_is_refused(tmp_path):
+    with pytest.raises(UserError, match="not found.*dvc repro train-resnet50"):
+        model_file.read(tmp_path / "resnet50.pt")
 
 
 # --------------------------------------------------------------------------- stage inputs
@@ -216,11 +219,10 @@ def write_model_file(path: Path, name: str, width: int, prepared_hash: str, mean
     """A models/<name>.pt as stages/train.py writes it (untrained weights: only the format matters)."""
     torch.manual_seed(seed)
     model = build_model(name, width=width)
-    checkpoint.save({"architecture": name, "num_classes": 100, "width": width,
-                     "state_dict": model.state_dict(),
-                     "params": {"model": name, "seed": seed, "lr": 0.1, "epochs": 1, "width": width},
-                     "prepared_data_hash": prepared_hash, "normalize": {"mean": list(mean), "std": list(std)},
-                     "history": [], "versions": checkpoint.versions()}, path)
+    model_file.write(path, name=name, architecture=ARCHITECTURES[name], width=width, state_dict=model.state_dict(),
+                     ema=False, params={"model": name, "seed": seed, "lr": 0.1, "epochs": 1, "width": width},
+                     prepared_data_hash=prepared_hash, normalize={"mean": list(mean), "std": list(std)},
+                     classes=[f"class{i}" for i in range(100)], history=[], versions=versions())
 
 
 def write_curves(folder: Path, epochs: int = 3) -> None:
@@ -265,7 +267,7 @@ def evaluated_project(tmp_path_factory, downloaded) -> Evaluated:
     stats = json.loads((prepared / "stats.json").read_text())
     for seed, name in enumerate(MODELS):
         write_model_file(project.root / "models" / f"{name}.pt", name, WIDTHS[name],
-                         checkpoint.data_hash(prepared), stats["mean"], stats["std"], seed)
+                         data_hash(prepared), stats["mean"], stats["std"], seed)
         with contextlib.chdir(project.root):  # DVCLive looks for a repo from the working directory
             write_curves(project.root / "plots" / "train" / name)
     first = project.stage("evaluate")
@@ -289,7 +291,7 @@ def test_metrics_files_have_the_expected_keys_and_ranges(evaluated):
     classes = evaluated.json("data/prepared/classes.json")
     for name in MODELS:
         m = evaluated.json(f"metrics/{name}.json")
-        detail = evaluated.json(f"metrics/detail/{name}.json")
+        detail = evaluated.json(f"evaluation/detail/{name}.json")
         assert set(m) == HEADLINE and all(type(v) in (int, float) for v in m.values())
         assert {"macro_precision", "macro_recall", "superclass_top1", "per_superclass", "parameters",
                 "test_images", "hflip_tta", "ema", "provenance"} == set(detail)
@@ -308,7 +310,7 @@ def test_metrics_files_have_the_expected_keys_and_ranges(evaluated):
         assert all(0 <= v <= 100 for v in detail["per_superclass"].values())
         p = detail["provenance"]
         assert p["archive_md5"] == stats["archive_md5"]
-        assert p["prepared_data_hash"] == checkpoint.data_hash(evaluated.project.root / "data/prepared")
+        assert p["prepared_data_hash"] == data_hash(evaluated.project.root / "data/prepared")
         assert p["device"] == expected_device() and p["torch"] == torch.__version__
         assert p["trained"] == {"epochs": 1, "lr": 0.1}  # from the model file, not params.yaml
         # rounded to 4 decimals, keys sorted
@@ -385,7 +387,7 @@ def test_predictions_agree_with_an_independent_forward_pass(evaluated):
 
 def test_timings_are_kept_apart(evaluated):
     for name in MODELS:
-        t = evaluated.json(f"metrics/timing/{name}.json")
+        t = evaluated.json(f"evaluation/timing/{name}.json")
         assert t["batch_size"] == EVAL_BATCH and t["device"] == expected_device()
         assert t["passes"] == 5
         for key in ("throughput_img_s", "latency_ms"):
@@ -428,7 +430,7 @@ def test_metrics_agree_with_an_independent_forward_pass(evaluated):
         actual, predicted = zip(*(row.split(",") for row in rows[1:]))
         assert list(actual) == [classes["coarse"][c] for c in coarse]
         assert set(actual) | set(predicted) <= set(classes["coarse"]) | {"(superclass unknown)"}
-        detail = evaluated.json(f"metrics/detail/{name}.json")
+        detail = evaluated.json(f"evaluation/detail/{name}.json")
         right = float(np.mean(np.array(actual) == np.array(predicted)) * 100)
         assert detail["superclass_top1"] == pytest.approx(right, abs=1e-4)
         if ON_CPU:
@@ -443,7 +445,7 @@ def test_hflip_tta_scores_the_averaged_softmax_and_is_recorded(evaluated, tmp_pa
     import os
     import shutil
     source = evaluated.project.root
-    assert evaluated.json("metrics/detail/resnet18.json")["hflip_tta"] is False
+    assert evaluated.json("evaluation/detail/resnet18.json")["hflip_tta"] is False
     project = Project(tmp_path / "tta", env=evaluated.project.env)
     shutil.copytree(source, project.root, copy_function=os.link, ignore=shutil.ignore_patterns(".git"))
     project.set_params({"evaluate.hflip_tta": True})
@@ -457,7 +459,7 @@ def test_hflip_tta_scores_the_averaged_softmax_and_is_recorded(evaluated, tmp_pa
             # float64: a float32 probability of e^-44 (these untrained models) underflows to log(0)
             probs = (model(x).double().softmax(1) + model(x.flip(3)).double().softmax(1)) / 2
         metrics_file = json.loads((project.root / f"metrics/{name}.json").read_text())
-        assert json.loads((project.root / f"metrics/detail/{name}.json").read_text())["hflip_tta"] is True
+        assert json.loads((project.root / f"evaluation/detail/{name}.json").read_text())["hflip_tta"] is True
         top1 = float(np.mean(probs.argmax(1).numpy() == labels) * 100)
         if ON_CPU:
             assert metrics_file["top1"] == pytest.approx(top1, abs=1e-4)
@@ -513,6 +515,9 @@ def test_dvc_metrics_and_plots_show_and_diff(evaluated):
     assert max(len(row) for row in rows) <= 200, table.stdout  # every row readable in one line
     assert "resnet18.top1" in rows[0] and "comparisons" not in table.stdout
 
+    # The curves are the report's table of every model's: draw them from a report of these runs.
+    report = project.stage("report")
+    assert report.returncode == 0, report.stderr[-3000:]
     assert project.git("add", "-A").returncode == 0
     assert project.git("commit", "-q", "-m", "evaluated").returncode == 0
     for command in (["plots", "show", "--json"], ["plots", "diff", "--json", "HEAD"]):
@@ -521,12 +526,12 @@ def test_dvc_metrics_and_plots_show_and_diff(evaluated):
         plots = json.loads(result.stdout)
         assert not plots.get("errors"), plots["errors"]
         rendered = plots["data"]
-        expected = {"train/loss", "train/acc", "heldout/loss", "heldout/acc", "lr", "reliability",
-                    "per_class"} | {f"confusion/{m}" for m in MODELS}
-        assert expected <= set(rendered), sorted(rendered)
+        expected = {"train/loss", "train/acc", "heldout/loss", "heldout/acc", "lr"} | {
+            f"plots/{kind}/{m}.csv" for kind in ("confusion", "reliability", "per_class") for m in MODELS}
+        assert expected == set(rendered), sorted(rendered)
         curves = rendered["train/loss"][0]["content"]["data"]["values"]
-        assert {row["filename"].split("/")[0] for row in curves} == set(MODELS)  # all three models
-        confusion = rendered["confusion/resnet18"][0]["content"]
+        assert {row["model"] for row in curves} == set(MODELS)  # all the models, in one plot
+        confusion = rendered["plots/confusion/resnet18.csv"][0]["content"]
         assert confusion["data"]["values"][0].keys() >= {"actual", "predicted"}
         assert len(confusion["data"]["values"]) == TEST_IMAGES * (1 if command[1] == "show" else 2)
 
@@ -546,29 +551,21 @@ def test_evaluate_declares_its_data_and_params():
     stage = declared("evaluate")
     data = {d for d in stage["deps"] if not d.endswith(".py")}
     assert data == {"data/prepared"} | {f"models/{m}.pt" for m in MODELS}
-    assert stage["params"] == ["evaluate", "runtime"]
-    assert [next(iter(m)) for m in stage["metrics"]] == METRIC_FILES
-    assert all(next(iter(m.values())) == {"cache": False} for m in stage["metrics"])
-    # Detail and timings in git (cache: false) but not metrics; plot tables in the DVC cache.
-    in_git = [next(iter(out)) for out in stage["outs"] if isinstance(out, dict)]
-    assert in_git == DETAIL_FILES + TIMING_FILES
-    assert all(out[path] == {"cache": False} for out in stage["outs"] if isinstance(out, dict)
-               for path in out)
-    assert [out for out in stage["outs"] if isinstance(out, str)] == [
-        f"plots/{kind}/{m}.csv" for kind in PLOT_TABLES for m in MODELS]
+    assert stage["params"] == ["model", "evaluate", "runtime"]  # model: the list of models
+    # Folders, so that no output names a model: the metrics (DVC metrics, in git), the detail and
+    # timings (in git, not metrics), the plot tables (in the DVC cache).
+    assert stage["metrics"] == [{"metrics": {"cache": False}}]
+    assert stage["outs"] == [{"evaluation": {"cache": False}}] + [f"plots/{kind}" for kind in PLOT_TABLES]
 
 
-def test_top_level_plots_show_all_three_models():
+def test_top_level_plots_name_no_model():
     plots = {next(iter(p)): next(iter(p.values())) for p in
              yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]}
     for curve in ("train/loss", "train/acc", "heldout/loss", "heldout/acc", "lr"):
         assert plots[curve]["x"] == "step"
-        assert plots[curve]["y"] == {f"plots/train/{m}/plots/metrics/{curve}.tsv": curve.split("/")[-1]
-                                     for m in MODELS}
-    for m in MODELS:
-        assert plots[f"confusion/{m}"] == plots[f"confusion/{m}"] | {
-            "template": "confusion", "x": "actual", "y": {f"plots/confusion/{m}.csv": "predicted"}}
-    assert set(plots["reliability"]["y"]) == {f"plots/reliability/{m}.csv" for m in MODELS}
+        assert plots[curve]["y"] == {"plots/report/curves.csv": curve.replace("/", "_")}
+    assert plots["plots/confusion"] | {"template": "confusion", "x": "actual", "y": "predicted"} == plots["plots/confusion"]
+    assert plots["plots/reliability"]["y"] == "accuracy" and plots["plots/per_class"]["y"] == "superclass"
 
 
 def test_report_code_changes_do_not_rerun_evaluate():

@@ -11,6 +11,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = DVC_YAML["stages"]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 def module_file(name: str) -> Path | None:
@@ -64,10 +65,16 @@ def declared_code(stage: dict) -> set[Path]:
     return {ROOT / d for d in stage.get("deps", []) if d.endswith(".py")}
 
 
+def architecture_module(stage_name: str) -> set[Path]:
+    """The module a train stage's model names in params.yaml (`module:`), imported by name."""
+    block = PARAMS["model"].get(stage_name.removeprefix("train-"), {}) if stage_name.startswith("train-") else {}
+    return {ROOT / "src" / "models" / f"{block['module']}.py"} if isinstance(block, dict) and block.get("module") else set()
+
+
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_declares_exactly_the_project_code_it_imports(name):
     stage = STAGES[name]
-    imported = {p for p in imported_files(stage_script(stage)) if has_code(p)}
+    imported = {p for p in imported_files(stage_script(stage)) if has_code(p)} | architecture_module(name)
     declared = declared_code(stage)
     rel = lambda paths: sorted(str(p.relative_to(ROOT)) for p in paths)  # noqa: E731
     assert rel(imported - declared) == [], f"{name} imports these but does not list them in deps"
@@ -88,7 +95,8 @@ def test_no_train_stage_depends_on_evaluate_or_report_code(name):
 
 # User commands (`python -m src.compare`, `python -m src.classify`) and the inference code only they
 # and app.py share: they read the pipeline's results, no stage runs them.
-COMMANDS = {ROOT / "src" / "compare.py", ROOT / "src" / "classify.py", ROOT / "src" / "infer.py"}
+COMMANDS = {ROOT / "src" / "compare.py", ROOT / "src" / "classify.py", ROOT / "src" / "classifier.py",
+            ROOT / "src" / "images.py"}
 
 
 def test_every_project_module_is_used_by_some_stage():
@@ -102,3 +110,26 @@ def test_user_commands_are_no_stage_code():
     for name, stage in STAGES.items():
         assert not COMMANDS & declared_code(stage), name
         assert not COMMANDS & imported_files(stage_script(stage)), name
+
+
+def test_evaluation_and_inference_import_no_training_code():
+    """Editing the training loop or the checkpoint saver must not re-run evaluate, nor touch the
+    code that the app and src.classify run."""
+    for script in [stage_script(STAGES["evaluate"]), *COMMANDS, ROOT / "app.py"]:
+        training = sorted(str(p.relative_to(ROOT)) for p in imported_files(script)
+                          if p.is_relative_to(ROOT / "src" / "train"))
+        assert training == [], f"{script.relative_to(ROOT)} imports {training}"
+
+
+def test_every_model_of_params_has_its_train_stage_and_evaluate_dep():
+    """The three places a model is named (README "Add a model") agree."""
+    from src.params import load_params
+
+    models = load_params(ROOT / "params.yaml").model.names
+    assert models, "params.yaml has no model block"
+    assert sorted(s.removeprefix("train-") for s in STAGES if s.startswith("train-")) == sorted(models)
+    assert sorted(d for d in STAGES["evaluate"]["deps"] if d.startswith("models/")) == \
+        sorted(f"models/{m}.pt" for m in models)
+    for name in models:
+        assert f"models/{name}.pt" in STAGES[f"train-{name}"]["outs"]
+        assert STAGES[f"train-{name}"]["cmd"] == f"python -m stages.train --model {name}"

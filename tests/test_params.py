@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from src.cli import UserError
+from src.errors import UserError
 from src.params import Params, load_params, parse_params
 
 BAD_INPUTS = [  # (key, value, words the one-line message must contain)
@@ -47,6 +47,9 @@ BAD_INPUTS = [  # (key, value, words the one-line message must contain)
     ("runtime.sync_batchnorm", "on", "'auto', true or false"),
     ("runtime.workers", -2, "whole number >= 0"),
     ("model.depth", 101, "unknown key 'model.depth'"),
+    ("model.resnet18.block", "plain", "'basic' or 'bottleneck'"),
+    ("model.resnet18.layers", [2, 2, 2], "at least 4 items"),
+    ("model.resnet18.module", "wide_resnet", "a model has one architecture"),
     ("model.zero_init_residual", "no", "valid boolean"),
     ("model.dropout", 1.0, "less than 1"),
     ("model.resnet18.cutmix_alpha", -1.0, "greater than or equal to 0"),
@@ -77,8 +80,17 @@ def default_raw() -> dict:
 def test_params_yaml_matches_the_schema_exactly():
     raw = default_raw()
     params = parse_params(raw)  # extra="forbid": an unknown key in params.yaml fails here
-    # ...and the schema's defaults are the file's values: one source of truth for the recipe.
-    assert Params().model_dump() == params.model_dump()
+    # ...and the schema's defaults are the file's values: one source of truth for the recipe. The
+    # models and their reference results are data that only params.yaml holds (README "Add a model").
+    defaults, values = Params().model_dump(), params.model_dump()
+    assert Params().model.names == [] and defaults["reference"] == {}
+    assert defaults["model"] == {key: values["model"][key] for key in ("width", "zero_init_residual", "dropout")}
+    assert {k: v for k, v in defaults.items() if k not in ("model", "reference")} == \
+        {k: v for k, v in values.items() if k not in ("model", "reference")}
+    assert params.model.names == ["resnet18", "resnet34", "resnet50"]
+    assert [params.recipe(name).architecture() for name in params.model.names] == [
+        {"block": "basic", "layers": [2, 2, 2, 2]}, {"block": "basic", "layers": [3, 4, 6, 3]},
+        {"block": "bottleneck", "layers": [3, 4, 6, 3]}]
 
 
 @pytest.mark.parametrize("key, value, allowed", BAD_INPUTS, ids=[f"{k}={v!r}" for k, v, _ in BAD_INPUTS])
@@ -173,3 +185,37 @@ def test_every_stage_refuses_bad_params_in_seconds_without_traceback(stage_copy,
     assert seconds < 30, f"validation took {seconds:.0f} s"
     assert sentinel.read_text() == '{"top1": 1.0}\n', "metrics/ must be untouched"
     assert not (stage_copy.root / "data").exists() and not (stage_copy.root / "models").exists()
+
+
+def test_a_model_is_a_block_with_an_architecture():
+    raw = default_raw()
+    raw["model"]["resnet101"] = {"block": "bottleneck", "layers": [3, 4, 23, 3]}  # README "Add a model"
+    params = parse_params(raw)
+    assert params.model.names == ["resnet18", "resnet34", "resnet50", "resnet101"]
+    assert params.recipe("resnet101").architecture() == {"block": "bottleneck", "layers": [3, 4, 23, 3]}
+    assert params.model_epochs("resnet101") == params.epochs and params.model_lr("resnet101") == params.lr
+    raw["model"]["wrn"] = {"module": "wide_resnet", "options": {"depth": 28}}  # an architecture in code
+    assert parse_params(raw).recipe("wrn").architecture() == {"module": "wide_resnet", "options": {"depth": 28}}
+
+
+def test_a_bad_item_of_a_list_names_the_list_and_its_position():
+    with pytest.raises(UserError, match=r"^params.yaml: model.resnet18.layers\[1\] = 0 is not allowed: Input should be "
+                                        r"greater than or equal to 1. .*`dvc exp run -S model.resnet18.layers=...`$"):
+        parse_params(with_value(default_raw(), "model.resnet18.layers", [2, 0, 2, 2]))
+
+
+def test_a_misspelt_model_name_is_a_block_without_an_architecture():
+    raw = default_raw()
+    raw["model"]["resnet05"] = {"mixup_alpha": 0.4}  # what `dvc exp run -S model.resnet05.mixup_alpha=0.4` makes
+    with pytest.raises(UserError, match=r"model.resnet05 has no architecture.*block: basic \| bottleneck.*"
+                                        r"check its name \(resnet18, resnet34, resnet50\)"):
+        parse_params(raw)
+    raw["model"]["ResNet-101"] = {"block": "basic", "layers": [1, 1, 1, 1]}
+    del raw["model"]["resnet05"]
+    with pytest.raises(UserError, match=r"model.ResNet-101: a model's name .* lower-case"):
+        parse_params(raw)
+
+
+def test_an_unknown_model_is_named_with_the_ones_there_are():
+    with pytest.raises(UserError, match=r"no model.resnet101 block: the models are resnet18, resnet34, resnet50"):
+        parse_params(default_raw()).recipe("resnet101")

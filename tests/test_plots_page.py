@@ -26,8 +26,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from conftest import ROOT, ok, tiny_repo
-from src.params import MODELS
+from conftest import MODELS, ROOT, ok, tiny_repo
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 DRAW_TIMEOUT = 120  # seconds for every plot of a page to draw (a few on an idle machine)
@@ -42,6 +41,14 @@ VERSION_CHECK = re.compile(r"The (input|compiled) spec uses Vega(-Lite)? v5, but
 
 def dvc_yaml_plots() -> dict[str, dict]:
     return {next(iter(p)): next(iter(p.values())) for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]}
+
+
+def plot_ids(models: list[str]) -> set[str]:
+    """What the page draws: each plot of dvc.yaml, and one per model file of a folder plot."""
+    ids = set()
+    for name, plot in dvc_yaml_plots().items():
+        ids |= {name} if isinstance(plot.get("y"), dict) else {f"{name}/{model}.csv" for model in models}
+    return ids
 
 
 def div_id(plot_id: str) -> str:
@@ -81,6 +88,7 @@ def test_the_page_template_is_configured_self_contained_and_pinned():
 
 def test_dvc_yaml_plots_use_the_templates_here_and_epochs_on_the_curves():
     plots = dvc_yaml_plots()
+    assert not any(model in json.dumps(plots) for model in MODELS), "dvc.yaml's plots name a model"
     for name in CURVES:
         assert plots[name]["x"] == "step" and plots[name]["x_label"] == "epoch", name
     for name, plot in plots.items():
@@ -236,7 +244,7 @@ def test_the_browser_is_offline(browser):
 def test_the_page_draws_every_plot_offline(pages, browser, tmp_path, kind):
     plots = dvc_yaml_plots()
     revisions = {"show": {"workspace"}, "diff": {"HEAD", "workspace"}}[kind]
-    summary = open_page(browser, pages[kind], {div_id(name) for name in plots})
+    summary = open_page(browser, pages[kind], {div_id(name) for name in plot_ids(MODELS)})
 
     # Nothing failed, nothing was fetched, the text is UTF-8 and nothing was truncated.
     for plot_id, plot in summary.items():
@@ -276,7 +284,7 @@ def test_the_page_draws_every_plot_offline(pages, browser, tmp_path, kind):
     # Confusion: one heatmap per revision, every actual class a row that sums to 100%, each cell
     # the share of its row's images that the CSV counts.
     for model in MODELS:
-        plot = summary[div_id(f"confusion/{model}")]
+        plot = summary[div_id(f"plots/confusion/{model}.csv")]
         rows = read_csv(root / f"plots/confusion/{model}.csv")
         actual = {row["actual"] for row in rows}
         assert {"actual superclass", "predicted superclass"} <= set(plot["axisTitles"]), plot["axisTitles"]
@@ -297,16 +305,19 @@ def test_the_page_draws_every_plot_offline(pages, browser, tmp_path, kind):
             if panel == f"{model}  ·  workspace":
                 assert share == pytest.approx(pairs[row_class, column_class] / per_row[row_class])
 
-    # Reliability: a line and sized symbols per model, and the diagonal.
-    plot = summary[div_id("reliability")]
-    assert plot["marks"].get("line", 0) >= 2 and plot["marks"].get("symbol", 0) > 0, plot["marks"]
-    assert set(MODELS) <= set(plot["legendLabels"])
+    # Reliability, a plot per model: a line and sized symbols, and the diagonal.
+    for model in MODELS:
+        plot = summary[div_id(f"plots/reliability/{model}.csv")]
+        assert plot["marks"].get("line", 0) >= 2 and plot["marks"].get("symbol", 0) > 0, plot["marks"]
+        assert model in plot["legendLabels"]
 
-    # Per superclass: a bar per model, revision and superclass, the accuracy over its images.
-    plot = summary[div_id("per_class")]
+    # Per superclass, a plot per model: a bar per revision and superclass, the accuracy over its images.
     superclasses = {row["superclass"] for row in read_csv(root / "plots/per_class/resnet18.csv")}
-    assert plot["marks"]["rect"] == len(MODELS) * len(revisions) * len(superclasses), plot["marks"]
-    shown = {(model, group): value for model, rev, group, value in plot["bars"] if rev == "workspace"}
+    shown = {}
+    for model in MODELS:
+        plot = summary[div_id(f"plots/per_class/{model}.csv")]
+        assert plot["marks"]["rect"] == len(revisions) * len(superclasses), plot["marks"]
+        shown.update({(m, group): value for m, rev, group, value in plot["bars"] if rev == "workspace"})
     for model in MODELS:
         correct, images = Counter(), Counter()
         for row in read_csv(root / f"plots/per_class/{model}.csv"):

@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from conftest import clone, ok, train, weights
+from conftest import build_model, clone, ok, train, weights
 from test_faults import kill_on_line
 from src.data.normalize import Normalizer
-from src.models.resnet import build_model
 from src.params import Params, RuntimeParams
 from src.predict import predict_logits
 from src.runtime import resolve

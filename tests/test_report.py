@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from src.cli import UserError
-from src.params import MODELS
+from conftest import MODELS, ROOT
+from src.errors import UserError
+from src.params import load_params
 from src.report import inputs, markdown, per_class
 from stages.report import PRINTED_PARAMS
 from test_evaluate import declared, declared_code, evaluated_project, write_curves
@@ -64,8 +65,11 @@ TIMING = {m: {"throughput_img_s": 1000.0, "throughput_img_s_range": [950.0, 1020
           for m in MODELS}
 
 
+REFERENCES = load_params(ROOT / "params.yaml").model_dump()["reference"]  # params.yaml's published results
+
+
 def test_results_table_marks_the_reference_numbers():
-    text = markdown.results_table(METRICS, TIMING, reference=True)
+    text = markdown.results_table(METRICS, TIMING, REFERENCES, reference=True)
     lines = text.splitlines()
     assert lines[0] == "| test split | ResNet-18 | ResNet-34 | ResNet-50 |"
     assert "| **top-1 (%)** | **70.00** | **70.00** | **70.00** |" in lines
@@ -76,22 +80,33 @@ def test_results_table_marks_the_reference_numbers():
     assert "| top-1 minus reference top-1 (points) | -8.33 | -5.00 | -11.45 |" in lines
     reference = [line for line in lines if "reference" in line and "not measured here" in line]
     assert len(reference) == 2
-    assert "78.33" in reference[0] and "76.76" in reference[0] and "75.00 target" in reference[0]
-    assert "81.45" in reference[0] and "95.70" in reference[1]
+    assert "*78.33 (seed 000, 100 epochs)*" in reference[0] and "*75.00 (target; public ResNet-34: 76.76, 100 epochs)*" in reference[0]
+    assert "*81.45 (seed 001, 200 epochs)*" in reference[0] and reference[1].endswith("|  |  | *95.70 (seed 001, 200 epochs)* |")
     assert "| throughput (img/s; slowest-fastest pass) | 1,000 (950-1,020) |" in text
     assert "| latency (ms, one image; fastest-slowest pass) | 2.50 (2.40-2.90) |" in text
     # Not at the reference scale: no difference to the published numbers, which stay for orientation
-    small = markdown.results_table(METRICS, TIMING, reference=False)
+    small = markdown.results_table(METRICS, TIMING, REFERENCES, reference=False)
     assert "minus reference" not in small and "78.33" in small
+
+
+def test_a_model_without_a_reference_gets_empty_cells():
+    models = {**METRICS, "resnet101": METRICS["resnet50"]}
+    text = markdown.results_table(models, {**TIMING, "resnet101": TIMING["resnet50"]}, REFERENCES, reference=True)
+    lines = text.splitlines()
+    assert lines[0] == "| test split | ResNet-18 | ResNet-34 | ResNet-50 | ResNet-101 |"
+    assert "| top-1 minus reference top-1 (points) | -8.33 | -5.00 | -11.45 |  |" in lines
+    assert [line for line in lines if "not measured here" in line][0].endswith("(seed 001, 200 epochs)* |  |")
+    assert markdown.title("resnet101") == "ResNet-101" and markdown.title("wrn-28-10") == "wrn-28-10"
 
 
 def test_a_run_off_the_reference_scale_is_flagged():
     epochs = {"resnet18": 100, "resnet34": 100, "resnet50": 200}
     reference = {"model.width": 64, "data.train_limit": None, "data.test_limit": None, "data.val_size": 0}
-    assert markdown.scale_departures(reference, epochs) == []
+    published = {"resnet18": 100, "resnet34": 100, "resnet50": 200}  # params.yaml's reference epochs
+    assert markdown.scale_departures(reference, epochs, published) == []
     assert markdown.scale_caveat([]) == ""
     found = markdown.scale_departures({**reference, "model.width": 16, "data.train_limit": 10000},
-                                      {"resnet18": 2, "resnet34": 2, "resnet50": 4})
+                                      {"resnet18": 2, "resnet34": 2, "resnet50": 4}, published)
     assert found == ["`model.width: 16` (reference: `64`)",
                      "`data.train_limit: 10000` (reference: `null`)",
                      "epochs ResNet-18 2, ResNet-34 2, ResNet-50 4 (reference: 100, 100, 200)"]
@@ -217,7 +232,11 @@ def test_report_has_the_table_and_links_that_exist(reported, evaluated):
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
         assert image.stat().st_size > 5000, link
     assert sorted(p.name for p in (reported.root / "plots" / "report").iterdir()) == sorted(
-        link.split("/")[1] for link in expected if link.startswith("report/"))
+        [link.split("/")[1] for link in expected if link.startswith("report/")] + ["curves.csv"])
+    # Every model's curves in one table, for `dvc plots show` (dvc.yaml's plots name no model).
+    curves = pd.read_csv(reported.root / "plots" / "report" / "curves.csv")
+    assert list(curves.columns) == ["model", "step", "train_loss", "train_acc", "heldout_loss", "heldout_acc", "lr"]
+    assert list(dict.fromkeys(curves["model"])) == list(MODELS)
 
 
 def test_report_says_which_differences_are_real(reported, evaluated):
@@ -231,7 +250,7 @@ def test_report_says_which_differences_are_real(reported, evaluated):
     for row, (key, c) in zip(rows, comparisons.items()):
         first, second = key.split("_vs_")
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert cells[0] == f"{markdown.TITLES[first]} - {markdown.TITLES[second]}"
+        assert cells[0] == f"{markdown.title(first)} - {markdown.title(second)}"
         assert float(cells[1]) == pytest.approx(c["top1_diff"], abs=0.005)
         assert cells[3] == f"{c['discordant'][0]:,} / {c['discordant'][1]:,}"
     for m in MODELS:  # the side-by-side table carries the intervals
@@ -243,7 +262,7 @@ def test_report_lists_the_best_and_worst_classes_of_each_model(reported, evaluat
     section = text.split("## Per-class precision, recall and F1")[1].split("\n## ")[0]
     classes = evaluated.json("data/prepared/classes.json")["fine"]
     for m in MODELS:
-        table = section.split(f"### {markdown.TITLES[m]}")[1].split("###")[0]
+        table = section.split(f"### {markdown.title(m)}")[1].split("###")[0]
         rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
                 if line.startswith(("| best", "| worst"))]
         assert [r[0] for r in rows[:10]] == [f"best {i}" for i in range(1, 11)]
@@ -264,7 +283,7 @@ def test_report_lists_the_best_and_worst_classes_of_each_model(reported, evaluat
 
 def test_report_states_the_params_and_data_the_numbers_came_from(reported, evaluated):
     text = (reported.root / "plots" / "report.md").read_text()
-    data_hash = evaluated.json("metrics/detail/resnet18.json")["provenance"]["prepared_data_hash"]
+    data_hash = evaluated.json("evaluation/detail/resnet18.json")["provenance"]["prepared_data_hash"]
     assert f"`{data_hash}`" in text
     assert evaluated.json("data/prepared/stats.json")["archive_md5"] in text
     block = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
@@ -305,10 +324,8 @@ def test_report_does_not_depend_on_evaluate_or_torch_code():
 def test_report_declares_its_data_params_and_outputs():
     stage = declared("report")
     data = {d for d in stage["deps"] if not d.endswith(".py")}
-    assert data == ({"data/prepared/classes.json", "metrics/summary.json"}
-                    | {f"metrics/{m}.json" for m in MODELS} | {f"metrics/detail/{m}.json" for m in MODELS}
-                    | {f"metrics/timing/{m}.json" for m in MODELS}
-                    | {f"plots/{kind}/{m}.csv" for kind in ("reliability", "predictions") for m in MODELS}
-                    | {f"plots/train/{m}" for m in MODELS})
-    assert tuple(stage["params"]) == PRINTED_PARAMS
+    # Folders, so that no dep names a model: what every model's stages wrote.
+    assert data == {"data/prepared/classes.json", "metrics", "evaluation", "plots/reliability",
+                    "plots/predictions", "plots/train"}
+    assert tuple(stage["params"]) == ("reference", *PRINTED_PARAMS)
     assert stage["outs"] == [{"plots/report.md": {"cache": False}}, {"plots/report": {"cache": False}}]

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import clone, train, weights
-from src.models.resnet import ARCHITECTURES, build_model, count_parameters
+from conftest import ARCHITECTURES, build_model, clone, train, weights
+from src.models.build import count_parameters
+from src.models.resnet import BLOCKS
 from src.train import checkpoint
 from src.train.optim import get_lr, param_groups
 
@@ -23,7 +24,7 @@ def test_parameter_counts_match_the_cifar_resnets(name, expected):
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_width_scales_every_stage(name):
     model = build_model(name, width=8)
-    expansion = ARCHITECTURES[name][0].expansion
+    expansion = BLOCKS[ARCHITECTURES[name]["block"]].expansion
     assert model.conv1.out_channels == 8
     stages = (model.layer1, model.layer2, model.layer3, model.layer4)
     out_channels = [next(m for m in reversed(list(s.modules())) if isinstance(m, torch.nn.Conv2d)).out_channels
@@ -46,7 +47,7 @@ NO_DETERMINISTIC_CUDA_BACKWARD = (torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveM
 def test_models_avoid_layers_without_a_deterministic_cuda_backward(name):
     model = build_model(name, width=8)
     assert not [m for m in model.modules() if isinstance(m, NO_DETERMINISTIC_CUDA_BACKWARD)]
-    features = torch.randn(4, 64 * ARCHITECTURES[name][0].expansion, 4, 4)
+    features = torch.randn(4, 64 * BLOCKS[ARCHITECTURES[name]["block"]].expansion, 4, 4)
     expected = torch.nn.AdaptiveAvgPool2d(1)(features)  # what torchvision's ResNet pools with
     torch.testing.assert_close(model.avgpool(features), expected)
 

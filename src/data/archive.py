@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
-from src.cli import UserError
+from src.errors import UserError
 
 MEMBERS = {"train": "cifar-100-python/train", "test": "cifar-100-python/test",
            "meta": "cifar-100-python/meta"}

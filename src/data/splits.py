@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.cli import UserError
+from src.errors import UserError
 
 KEYS = ("images", "fine_labels", "coarse_labels")
 

@@ -1,4 +1,5 @@
-"""Classification metrics on a test split: top-k, calibration, macro P/R/F1, group accuracy.
+"""Classification metrics on a test split beyond accuracy (src/accuracy.py): calibration,
+macro P/R/F1, group accuracy.
 
 Every rate is in percent, like the `top1`/`top5` of the data contract, so the
 metrics files use one unit throughout. Predictions and labels are class indices.
@@ -8,13 +9,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.metrics import precision_recall_fscore_support
-
-
-def topk_accuracy(logits: torch.Tensor, labels: np.ndarray, k: int) -> float:
-    """Percent of images whose label is among the k largest logits."""
-    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    hits = (top == torch.as_tensor(labels).view(-1, 1)).any(dim=1)
-    return hits.double().mean().item() * 100
 
 
 def confidence_and_prediction(logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from src.accuracy import loss_and_accuracy, percent, topk_correct
 from src.evaluate import metrics, stats
-from src.predict import loss_and_accuracy
 
 ECE_BINS = 15
 TOP_K = 5  # classes listed per image in plots/predictions/<model>.csv
@@ -24,9 +24,9 @@ def model_results(logits: torch.Tensor, split: dict[str, np.ndarray], classes: d
     was scored right (top-1), for comparisons between models}."""
     fine, coarse = split["fine_labels"], split["coarse_labels"]
     confidence, predicted = metrics.confidence_and_prediction(logits)
-    correct = predicted == fine
+    correct = topk_correct(logits, fine, 1)  # for the interval and the comparisons between models
     top5 = logits.topk(min(TOP_K, logits.shape[1]), dim=1).indices.numpy()
-    in_top5 = (top5 == fine[:, None]).any(axis=1)  # once, for top5 and its interval
+    in_top5 = topk_correct(logits, fine, 5)  # once, for top5 and its interval
     superclass = metrics.superclass_of(classes["fine_to_coarse"], fine, coarse)
     loss, top1 = loss_and_accuracy(logits, fine)  # plain cross-entropy: no label smoothing here
     precision, recall, f1 = metrics.macro_precision_recall_f1(predicted, fine)
@@ -35,7 +35,7 @@ def model_results(logits: torch.Tensor, split: dict[str, np.ndarray], classes: d
     top5_low, top5_high = stats.accuracy_ci(in_top5)
     headline = {  # percent, test split; interval bounds: 95% percentile bootstrap
         "top1": top1, "top1_low": top1_low, "top1_high": top1_high,
-        "top5": float(in_top5.mean() * 100), "top5_low": top5_low, "top5_high": top5_high,
+        "top5": percent(in_top5), "top5_low": top5_low, "top5_high": top5_high,
         "loss": loss,
         "ece": metrics.expected_calibration_error(reliability),
         "macro_f1": f1,

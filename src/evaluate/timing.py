@@ -15,9 +15,9 @@ from typing import Callable
 import numpy as np
 from torch import nn
 
+from src.data.normalize import Normalizer
 from src.predict import predict_logits
 from src.runtime import Runtime
-from src.data.normalize import Normalizer
 
 PASSES = 5             # timed passes per model, the models taking turns
 PASS_SECONDS = 0.1     # each pass times calls for at least this long (at least one)

@@ -1,4 +1,5 @@
-"""CIFAR ResNet-18/34/50 from torchvision's ResNet, BasicBlock and Bottleneck.
+"""CIFAR ResNets (18, 34, 50, 101, ... : any `block` and `layers`) from torchvision's ResNet,
+BasicBlock and Bottleneck.
 
 The change from torchvision's ImageNet model is the stem: a 3x3 stride-1
 convolution and no max-pool, so 32x32 images keep their resolution into
@@ -14,11 +15,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-ARCHITECTURES = {  # name: (block, blocks per stage)
-    "resnet18": (BasicBlock, [2, 2, 2, 2]),
-    "resnet34": (BasicBlock, [3, 4, 6, 3]),
-    "resnet50": (Bottleneck, [3, 4, 6, 3]),
-}
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}  # params.yaml's model.<name>.block
 
 
 class GlobalAvgPool(nn.Module):
@@ -31,9 +28,10 @@ class GlobalAvgPool(nn.Module):
 
 
 class CifarResNet(ResNet):
-    def __init__(self, block, layers: list[int], num_classes: int = 100, width: int = 64,
+    def __init__(self, block: str, layers: list[int], num_classes: int = 100, width: int = 64,
                  zero_init_residual: bool = False, dropout: float = 0.0):
         nn.Module.__init__(self)  # ResNet.__init__ would build the ImageNet stem at width 64
+        block = BLOCKS[block]
         self._norm_layer = nn.BatchNorm2d
         self.inplanes, self.dilation, self.groups = width, 1, 1
         self.base_width = 64  # Bottleneck: inner width = planes, as in the standard ResNet-50
@@ -70,14 +68,3 @@ class CifarResNet(ResNet):
     def _forward_impl(self, x):
         x = self.layer4(self.layer3(self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x)))))))
         return self.fc(self.dropout(self.avgpool(x).flatten(1)))
-
-
-def build_model(name: str, num_classes: int = 100, width: int = 64, zero_init_residual: bool = False,
-                dropout: float = 0.0) -> CifarResNet:
-    block, layers = ARCHITECTURES[name]
-    return CifarResNet(block, layers, num_classes=num_classes, width=width,
-                       zero_init_residual=zero_init_residual, dropout=dropout)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

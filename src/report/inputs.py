@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix
 
-from src.cli import UserError
+from src.errors import UserError
 
 CURVES = {  # column in the report: DVCLive tsv under plots/train/<model>/plots/metrics/
     "train_loss": "train/loss", "train_acc": "train/acc",
@@ -49,6 +49,14 @@ def training_curves(folder: str | Path, model: str) -> pd.DataFrame:
         table = table.rename(columns={name.split("/")[-1]: column})[["step", column]]
         curves = table if curves is None else curves.merge(table, on="step", how="outer")
     return curves.sort_values("step").reset_index(drop=True)
+
+
+def all_curves(curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every model's curves in one table, `model` first: one file that `dvc plots` overlays (a
+    plot can draw many files, but only ones dvc.yaml names, and this one stays the same for any
+    set of models)."""
+    return pd.concat([table.assign(model=model)[["model", *table.columns]] for model, table in curves.items()],
+                     ignore_index=True)
 
 
 def class_order(classes: dict) -> tuple[list[str], list[tuple[str, int, int]]]:

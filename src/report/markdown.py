@@ -1,23 +1,23 @@
 """Markdown pieces of plots/report.md: tables that GitHub renders."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-# The published numbers the default recipe aims to beat (README, Recipe: the seeds). Never measured by this
-# pipeline, so the report prints them apart from (and marked unlike) the measured ones.
-REFERENCE = {
-    "resnet18": {"top1": "78.33 (seed, 100 epochs)", "top5": "n/a"},
-    "resnet34": {"top1": "75.00 target; 76.76 public", "top5": "n/a"},
-    "resnet50": {"top1": "81.45 (seed, 200 epochs)", "top5": "95.70 (seed)"},
-}
-REFERENCE_TOP1 = {"resnet18": 78.33, "resnet34": 75.0, "resnet50": 81.45}  # ResNet-34: the target
+# The published results the recipe aims to beat are params.yaml's `reference` (never measured by this
+# pipeline, so the report prints them apart from, and marked unlike, the measured ones).
 # The scale of the reference recipe (params.yaml's defaults): a run at another scale is a check that
 # the pipeline works, not a result to hold against the published numbers.
 REFERENCE_SCALE = {"model.width": 64, "data.train_limit": None, "data.test_limit": None, "data.val_size": 0}
-REFERENCE_EPOCHS = {"resnet18": 100, "resnet34": 100, "resnet50": 200}
 DISAGREE_RATIO = 1.5  # timed passes whose slowest and fastest differ more: the machine was busy
-TITLES = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50"}
 ALPHA = 0.05  # significance level of the "which differences are real" table
+
+
+def title(name: str) -> str:
+    """'resnet101' -> 'ResNet-101'; any other model name as it is."""
+    depth = re.fullmatch(r"resnet(\d+)", name)
+    return f"ResNet-{depth.group(1)}" if depth else name
 
 
 def table(header: list[str], rows: list[list[str]], align: str = "l" + "r" * 20) -> str:
@@ -28,11 +28,13 @@ def table(header: list[str], rows: list[list[str]], align: str = "l" + "r" * 20)
     return "\n".join(lines)
 
 
-def results_table(models: dict[str, dict], timing: dict[str, dict], reference: bool) -> str:
+def results_table(models: dict[str, dict], timing: dict[str, dict], references: dict[str, dict],
+                  reference: bool) -> str:
     """Measured numbers of the models side by side, then the reference results in italics.
 
-    models: each model's metrics and detail in one dict. reference: the run is at the reference
-    recipe's scale, so its difference to the published top-1 means something.
+    models: each model's metrics and detail in one dict; references: params.yaml's `reference`
+    (top1, top5, epochs, source per model; a model without one gets empty cells). reference: the
+    run is at the reference recipe's scale, so its difference to the published top-1 means something.
     """
     names = list(models)
     measured = [
@@ -55,31 +57,42 @@ def results_table(models: dict[str, dict], timing: dict[str, dict], reference: b
          lambda m, t: f"{t['latency_ms']:.2f} ({_range(t['latency_ms_range'], '.2f')})"),
     ]
     rows = [[label] + [cell(models[n], timing[n]) for n in names] for label, cell in measured]
+    published = {n: references.get(n) or {} for n in names}
     if reference:
         rows.append(["top-1 minus reference top-1 (points)"]
-                    + [f"{models[n]['top1'] - REFERENCE_TOP1[n]:+.2f}" if n in REFERENCE_TOP1 else "n/a"
-                       for n in names])
-    rows += [[f"*reference {label} (%), not measured here*"]
-             + [f"*{REFERENCE[n][key]}*" if n in REFERENCE else "*n/a*" for n in names]
+                    + [f"{models[n]['top1'] - published[n]['top1']:+.2f}" if published[n].get("top1") is not None
+                       else "" for n in names])
+    rows += [[f"*reference {label} (%), not measured here*"] + [_reference(published[n], key) for n in names]
              for key, label in (("top1", "top-1"), ("top5", "top-5"))]
-    return table(["test split"] + [TITLES.get(n, n) for n in names], rows)
+    return table(["test split"] + [title(n) for n in names], rows)
+
+
+def _reference(published: dict, key: str) -> str:
+    """'*78.33 (seed 000, 100 epochs)*', or an empty cell for a model without that number."""
+    if published.get(key) is None:
+        return ""
+    where = ", ".join(str(part) for part in (published.get("source"), published.get("epochs") and
+                                             f"{published['epochs']} epochs") if part)
+    return f"*{published[key]:.2f}" + (f" ({where})*" if where else "*")
 
 
 def _range(bounds: list[float], spec: str) -> str:
     return f"{bounds[0]:{spec}}-{bounds[1]:{spec}}"
 
 
-def scale_departures(settings: dict[str, object], epochs: dict[str, int]) -> list[str]:
+def scale_departures(settings: dict[str, object], epochs: dict[str, int],
+                     reference_epochs: dict[str, int]) -> list[str]:
     """How a run departs from the reference recipe's scale, one phrase each; [] when it does not.
 
-    settings: the REFERENCE_SCALE keys' values in this run; epochs: each model's epochs trained.
+    settings: the REFERENCE_SCALE keys' values in this run; epochs: each model's epochs trained;
+    reference_epochs: those of the models with a reference result that gives them.
     """
     found = [f"`{key}: {_shown(value)}` (reference: `{_shown(REFERENCE_SCALE[key])}`)"
              for key, value in settings.items() if value != REFERENCE_SCALE[key]]
-    shorter = [f"{TITLES.get(m, m)} {n}" for m, n in epochs.items() if n != REFERENCE_EPOCHS.get(m, n)]
+    shorter = [f"{title(m)} {n}" for m, n in epochs.items() if n != reference_epochs.get(m, n)]
     if shorter:
         found.append("epochs " + ", ".join(shorter) + " (reference: " + ", ".join(
-            f"{REFERENCE_EPOCHS[m]}" for m in epochs if m in REFERENCE_EPOCHS) + ")")
+            f"{reference_epochs[m]}" for m in epochs if m in reference_epochs) + ")")
     return found
 
 
@@ -101,8 +114,8 @@ def timing_note(timing: dict[str, dict]) -> str:
     first = next(iter(timing.values()))
     note = (f"Throughput and latency: {first['device']}, including the host-to-device copy; the median "
             f"of {first['passes']} timed passes in which the models took turns, with the slowest and "
-            f"fastest pass beside it (`metrics/timing/`).")
-    uneven = [f"{TITLES.get(m, m)} {what} ({_range(t[key], spec)})" for m, t in timing.items()
+            f"fastest pass beside it (`evaluation/timing/`).")
+    uneven = [f"{title(m)} {what} ({_range(t[key], spec)})" for m, t in timing.items()
               for what, key, spec in (("throughput", "throughput_img_s_range", ",.0f"),
                                       ("latency", "latency_ms_range", ".2f"))
               if t[key][0] <= 0 or t[key][1] / t[key][0] > DISAGREE_RATIO]
@@ -133,7 +146,7 @@ def comparisons_table(comparisons: dict[str, dict], alpha: float = ALPHA) -> str
     """Which differences are real: each pair's top-1 difference, interval, discordant images, p."""
     rows = []
     for key, c in comparisons.items():
-        first, second = (TITLES.get(m, m) for m in _pair(key))
+        first, second = (title(m) for m in _pair(key))
         rows.append([f"{first} - {second}", f"{c['top1_diff']:+.2f}", _interval(c["top1_diff_ci95"], "+"),
                      f"{c['discordant'][0]:,} / {c['discordant'][1]:,}", _p(c["mcnemar_p"]),
                      _p(c["mcnemar_p_holm"]), "**yes**" if c["mcnemar_p_holm"] < alpha else "no"])
@@ -145,17 +158,17 @@ def comparisons_table(comparisons: dict[str, dict], alpha: float = ALPHA) -> str
 def ranking_sentence(metrics: dict[str, dict], comparisons: dict[str, dict], alpha: float = ALPHA) -> str:
     """One sentence: the models ranked by top-1, and which gaps are significant at `alpha`."""
     ranked = sorted(metrics, key=lambda m: -metrics[m]["top1"])
-    ranking = f"{TITLES.get(ranked[0], ranked[0])} ({metrics[ranked[0]]['top1']:.2f}%)"
+    ranking = f"{title(ranked[0])} ({metrics[ranked[0]]['top1']:.2f}%)"
     for before, m in zip(ranked, ranked[1:]):
         sign = "=" if metrics[m]["top1"] == metrics[before]["top1"] else ">"
-        ranking += f" {sign} {TITLES.get(m, m)} ({metrics[m]['top1']:.2f}%)"
+        ranking += f" {sign} {title(m)} ({metrics[m]['top1']:.2f}%)"
     real, chance = [], []
     for key, c in comparisons.items():
         better, worse = sorted(_pair(key), key=lambda m: -metrics[m]["top1"])
         if c["mcnemar_p_holm"] < alpha:
-            real.append(f"{TITLES.get(better, better)} over {TITLES.get(worse, worse)}")
+            real.append(f"{title(better)} over {title(worse)}")
         else:
-            chance.append(f"{TITLES.get(better, better)} vs {TITLES.get(worse, worse)}")
+            chance.append(f"{title(better)} vs {title(worse)}")
     test = f"exact McNemar test, Holm-adjusted over the {len(comparisons)} pairs"
     if not chance:
         verdict = f"every gap is significant at {alpha:g} ({test})"
@@ -178,7 +191,7 @@ def per_class_section(scores: dict[str, tuple]) -> str:
         rows = [[f"{rank} {i + 1}", r["class"], f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['f1']:.2f}",
                  str(r["images"])]
                 for rank, part in (("best", best), ("worst", worst)) for i, r in enumerate(part.to_dict("records"))]
-        parts.append(f"### {TITLES.get(model, model)}\n\n"
+        parts.append(f"### {title(model)}\n\n"
                      + table(["rank (F1)", "class", "precision (%)", "recall (%)", "F1 (%)", "test images"],
                              rows, align="llrrrr"))
     return "\n\n".join(parts)
@@ -202,7 +215,7 @@ def confused_pairs(counts: dict[str, np.ndarray], names: list[str], superclass: 
             + [str(pair_counts[m][i, j]) for m in models] + [str(total[i, j])] for i, j in order]
     if not rows:
         return "_No test image was misclassified._"
-    return table(["class pair", "same superclass"] + [TITLES.get(m, m) for m in models] + ["all models"],
+    return table(["class pair", "same superclass"] + [title(m) for m in models] + ["all models"],
                  rows, align="lc" + "r" * (len(models) + 1))
 
 
@@ -210,7 +223,7 @@ def provenance_table(metrics: dict[str, dict], timing: dict[str, dict]) -> str:
     rows = []
     for name, values in metrics.items():
         p = values["provenance"]
-        rows.append([TITLES.get(name, name), f"`{p['archive_md5']}`", f"`{p['prepared_data_hash']}`",
+        rows.append([title(name), f"`{p['archive_md5']}`", f"`{p['prepared_data_hash']}`",
                      str(values["test_images"]), p["device"], timing[name]["device"], p["torch"]])
     return table(["model", "archive md5", "prepared data hash", "test images", "evaluated on",
                   "timed on", "torch"], rows, align="l" * 7)
@@ -218,7 +231,7 @@ def provenance_table(metrics: dict[str, dict], timing: dict[str, dict]) -> str:
 
 def document(metrics: dict[str, dict], timing: dict[str, dict], links: dict[str, str], *, heldout: str,
              pairs: str, comparisons: dict[str, dict], per_class: str, data_hash: str, params_yaml: str,
-             departures: list[str]) -> str:
+             departures: list[str], references: dict[str, dict]) -> str:
     """The whole report.md. metrics: each model's metrics and detail; links: figure key -> path
     relative to report.md; departures: how the run departs from the reference scale."""
     models = list(metrics)
@@ -227,7 +240,7 @@ def document(metrics: dict[str, dict], timing: dict[str, dict], links: dict[str,
                f"\n> **Only {test_images:,} of the 10,000 test images** (`data.test_limit`): these numbers "
                "are not comparable with the reference results.\n")
     confusion = "\n\n".join(f"![{m} confusion matrix]({links[f'confusion_{m}']})" for m in models)
-    return f"""# CIFAR-100: {', '.join(TITLES.get(m, m) for m in models)}
+    return f"""# CIFAR-100: {', '.join(title(m) for m in models)}
 
 Generated by `dvc repro report` from `metrics/` and `plots/`; every number below was measured by this
 pipeline on the test split ({test_images:,} images) from prepared data `{data_hash}`, except the rows
@@ -235,7 +248,7 @@ marked *reference*, which are published results quoted for comparison.
 {scale_caveat(departures)}{partial}
 ## Results
 
-{results_table(metrics, timing, reference=not departures)}
+{results_table(metrics, timing, references, reference=not departures)}
 
 The final model of each run is evaluated; nothing is selected on the test split. Intervals: 95%
 percentile bootstrap over the test images (seeded, so re-runs give the same bounds).

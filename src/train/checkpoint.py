@@ -1,48 +1,24 @@
-"""Resumable training state and the final model file.
+"""Resumable training state: what a run records about itself, resume points and their fingerprint.
 
 A checkpoint is only resumed when its fingerprint matches: the same training
 params, the same prepared data and the same code. Anything else starts fresh
 and says why. Files are written atomically and read with weights_only=True, so
-a truncated or hostile file is refused instead of executed.
+a truncated or hostile file is refused instead of executed. (The final model file is
+src/model_file.py's.)
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import platform
-import sys
 import threading
 from pathlib import Path
 
-import albumentations
 import torch
-import torchvision
 
-from src.cli import UserError, staged_file
+from src.atomic import staged_file
 from src.params import Params
+from src.provenance import code_hash
 from src.runtime import Runtime
-
-
-def files_md5(paths: list[Path]) -> str:
-    digest = hashlib.md5()
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def data_hash(folder: str | Path) -> str:
-    """md5 over the files of a DVC output folder (names and contents)."""
-    return files_md5([p for p in Path(folder).iterdir() if p.is_file()])
-
-
-def code_hash() -> str:
-    """md5 over the source of every project module loaded in this process."""
-    files = {Path(module.__file__) for name, module in list(sys.modules.items())
-             if name.split(".")[0] in ("src", "stages") and getattr(module, "__file__", None)}
-    return files_md5(list(files))
 
 
 def training_record(name: str, params: Params, runtime: Runtime, processes: int, heldout: str) -> dict:
@@ -67,11 +43,6 @@ def fingerprint(training_params: dict, prepared_hash: str) -> str:
     blob = json.dumps({"params": training_params, "data": prepared_hash, "code": code_hash()},
                       sort_keys=True)
     return hashlib.md5(blob.encode()).hexdigest()
-
-
-def versions() -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "albumentations": str(albumentations.__version__)}
 
 
 def save(state: dict, path: str | Path) -> None:
@@ -156,19 +127,3 @@ def restore(state: dict, model, optimizer, ema) -> list[dict]:
     if ema is not None:
         ema.load_state_dict(state["ema"])
     return state["history"]
-
-
-def load_model_file(path: str | Path) -> dict:
-    """A models/<name>.pt file, refusing anything torch's weights_only loader refuses."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path} not found: run `dvc repro` to train it") from None
-    except Exception as error:
-        raise UserError(f"refusing {path}: expected a model file written by the train stage, "
-                        f"found something torch's safe loader rejects ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0][:200]}). Delete it and run `dvc repro`.") from None
-    if not isinstance(state, dict) or "state_dict" not in state or "architecture" not in state:
-        raise UserError(f"refusing {path}: it is not a model file written by the train stage "
-                        "(no state_dict/architecture). Delete it and run `dvc repro`.")
-    return state

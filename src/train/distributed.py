@@ -29,7 +29,7 @@ from torch.distributed import _functional_collectives as collectives
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from src.cli import UserError
+from src.errors import UserError
 from src.runtime import available_cores
 
 # A collective that waits longer than this (a process hung, not died) fails the run.
