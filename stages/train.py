@@ -26,7 +26,7 @@ from src.augment import pipelines
 from src.data import splits
 from src.data.normalize import Normalizer
 from src.errors import UserError, run
-from src.models.build import build_model
+from src.models.build import build_model, check as check_architecture
 from src.params import Params, load_params
 from src.predict import predict_logits
 from src.provenance import data_hash, versions
@@ -47,7 +47,10 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="a model.<name> block of params.yaml")
     name = parser.parse_args().model
     params = load_params()
-    params.recipe(name)  # an unknown name fails here, naming the models there are
+    try:  # an unknown name, or an architecture module that is not there, fails in a second
+        check_architecture(params.recipe(name).architecture())
+    except ValueError as error:
+        raise UserError(f"cannot build model.{name}: {error}") from None
     if not distributed.started_by_launcher() and (nproc := processes_per_node(params.runtime)) > 1:
         distributed.check_global_batch(params.batch_size, nproc)
         print(f"{name}: starting {nproc} training processes (torch.distributed elastic launcher)")
@@ -80,7 +83,9 @@ def train(name: str, params: Params, runtime: Runtime, processes: distributed.Pr
     batches = make_batches(train_split["images"], train_split["fine_labels"], augment, params.batch_size,
                            params.seed, runtime, shard=processes.shard(global_batch))
 
-    model = _build(name, params).to(runtime.device, memory_format=runtime.memory_format)
+    model = build_model(recipe.architecture(), width=params.model.width, dropout=params.model.dropout,
+                        zero_init_residual=params.model.zero_init_residual)
+    model = model.to(runtime.device, memory_format=runtime.memory_format)
     model, forward = distributed.wrap(model, processes, params.runtime.sync_batchnorm is not False)
     optimizer = build_optimizer(model, params.train, runtime.device)
     ema = WeightAverage(model, params.train.ema_decay, params.train.ema_warmup) if params.train.ema_decay else None
@@ -146,14 +151,6 @@ def _closing_line(name: str, heldout_split: str, history: list[dict]) -> str:
     images = sum(row["images_per_s"] * row["seconds"] for row in history)
     return (f"{name}: {heldout_split} top-1 {history[-1]['heldout_acc']:.2f}% after {len(history)} epochs, "
             f"{seconds:,.0f} s of training at {images / seconds:,.0f} img/s; wrote models/{name}.pt")
-
-
-def _build(name: str, params: Params) -> torch.nn.Module:
-    try:
-        return build_model(params.recipe(name).architecture(), width=params.model.width,
-                           zero_init_residual=params.model.zero_init_residual, dropout=params.model.dropout)
-    except ValueError as error:  # a module architecture that is not there or has no build_model
-        raise UserError(f"cannot build model.{name}: {error}") from None
 
 
 def _batch_mix(params: Params, name: str, runtime: Runtime) -> BatchMix | None:

@@ -564,7 +564,8 @@ def test_top_level_plots_name_no_model():
     for curve in ("train/loss", "train/acc", "heldout/loss", "heldout/acc", "lr"):
         assert plots[curve]["x"] == "step"
         assert plots[curve]["y"] == {"plots/report/curves.csv": curve.replace("/", "_")}
-    assert plots["plots/confusion"] | {"template": "confusion", "x": "actual", "y": "predicted"} == plots["plots/confusion"]
+    confusion = plots["plots/confusion"]
+    assert confusion | {"template": "confusion", "x": "actual", "y": "predicted"} == confusion
     assert plots["plots/reliability"]["y"] == "accuracy" and plots["plots/per_class"]["y"] == "superclass"
 
 

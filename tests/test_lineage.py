@@ -68,7 +68,8 @@ def declared_code(stage: dict) -> set[Path]:
 def architecture_module(stage_name: str) -> set[Path]:
     """The module a train stage's model names in params.yaml (`module:`), imported by name."""
     block = PARAMS["model"].get(stage_name.removeprefix("train-"), {}) if stage_name.startswith("train-") else {}
-    return {ROOT / "src" / "models" / f"{block['module']}.py"} if isinstance(block, dict) and block.get("module") else set()
+    module = block.get("module") if isinstance(block, dict) else None
+    return {ROOT / "src" / "models" / f"{module}.py"} if module else set()
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

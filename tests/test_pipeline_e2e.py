@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import BIN_DIR, ROOT, TRAIN_STAGES, command_env, ok, ran_stages, tiny_repo
+from conftest import BIN_DIR, MODELS, ROOT, TRAIN_STAGES, command_env, ok, ran_stages, tiny_repo
 from test_lineage import COMMANDS
 
 AFTER_TRAIN = TRAIN_STAGES | {"evaluate", "report"}
@@ -68,9 +68,9 @@ def test_repro_exp_run_and_diffs_end_to_end(repo):
 
 
 def accuracy_files(root) -> dict[str, bytes]:
-    """metrics/ but the timings, byte for byte: {path under metrics/: bytes}."""
-    folder = root / "metrics"
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*.json") if "timing" not in p.parts}
+    """metrics/ and evaluation/detail/ (not the timings), byte for byte: {path: bytes}."""
+    files = [*(root / "metrics").glob("*.json"), *(root / "evaluation" / "detail").glob("*.json")]
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
 def readme_section(title: str) -> str:
@@ -201,8 +201,8 @@ def test_the_same_params_give_byte_identical_accuracy_metrics(tmp_path, cifar_ar
               "home/.local/share/dvc", "home/.config/iterative", "home/.cache/torch")
     assert [p for p in written if not str(p).startswith(caches)] == [], "a stage wrote outside the repository"
     repeated = accuracy_files(again.root)
-    assert sorted(repeated) == sorted(baseline) == [
-        "detail/resnet18.json", "detail/resnet34.json", "detail/resnet50.json",
-        "resnet18.json", "resnet34.json", "resnet50.json", "summary.json"]
+    assert sorted(repeated) == sorted(baseline) == sorted(
+        [f"evaluation/detail/{m}.json" for m in MODELS] + [f"metrics/{m}.json" for m in MODELS]
+        + ["metrics/summary.json"])
     for name in baseline:
-        assert repeated[name] == baseline[name], f"metrics/{name} differs between two identical runs"
+        assert repeated[name] == baseline[name], f"{name} differs between two identical runs"

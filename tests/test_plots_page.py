@@ -113,11 +113,11 @@ def pages(tmp_path_factory, cifar_archive, http_server) -> dict:
     require_chromium()  # before the pipeline runs: without a browser nothing here uses the pages
     repo = tiny_repo(tmp_path_factory.mktemp("plots") / "project", cifar_archive, http_server)
     repo.set_params({"epochs": 2})  # curves of 2 epochs (ResNet-50: 4), not single points
-    ok(repo.dvc("repro", "evaluate"))
+    ok(repo.dvc("repro"))  # the report too: it writes every model's curves in one table
     ok(repo.git("add", "-A"))
     ok(repo.git("commit", "-q", "-m", "tiny run"))
     repo.set_params({"model.resnet18.lr_scale": 0.5})  # re-trains ResNet-18 only, then evaluates
-    ok(repo.dvc("repro", "evaluate"))
+    ok(repo.dvc("repro"))
     out = tmp_path_factory.mktemp("pages")
     ok(repo.dvc("plots", "show", "-o", str(out / "show")))
     ok(repo.dvc("plots", "diff", "HEAD", "-o", str(out / "diff")))
@@ -242,7 +242,6 @@ def test_the_browser_is_offline(browser):
 
 @pytest.mark.parametrize("kind", ["show", "diff"])
 def test_the_page_draws_every_plot_offline(pages, browser, tmp_path, kind):
-    plots = dvc_yaml_plots()
     revisions = {"show": {"workspace"}, "diff": {"HEAD", "workspace"}}[kind]
     summary = open_page(browser, pages[kind], {div_id(name) for name in plot_ids(MODELS)})
 

@@ -84,7 +84,7 @@ def test_training_learns_well_above_chance_and_writes_a_safe_model_file(trained)
     assert state["params"]["lr"] == 0.2 and state["params"]["epochs"] == 3
     assert state["versions"]["torch"] == torch.__version__
     final = state["history"][-1]
-    assert final["heldout_acc"] > 10, f"chance is 1%; got {final['heldout_acc']:.1f}%"
+    assert final["heldout_acc"] >= 10, f"chance is 1%; got {final['heldout_acc']:.1f}%"
     assert final["train_loss"] < state["history"][0]["train_loss"]
     assert not (project.root / "checkpoints/resnet18.pt").exists(), "the checkpoint is removed at the end"
     curve = (project.root / "plots/train/resnet18/plots/metrics/heldout/acc.tsv").read_text().splitlines()

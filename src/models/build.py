@@ -29,6 +29,12 @@ def build_model(architecture: dict, num_classes: int = 100, width: int = 64, zer
     return CifarResNet(architecture["block"], list(architecture["layers"]), **common)
 
 
+def check(architecture: dict) -> None:
+    """A ValueError now, before any work, for an architecture module that cannot be built."""
+    if "module" in architecture:
+        architecture_module(architecture["module"])
+
+
 def architecture_module(name: str):
     """src.models.<name>; a ValueError naming the problem when there is no such module."""
     if not MODULE_NAME.fullmatch(name) or name in ("build", "resnet"):
