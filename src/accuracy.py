@@ -1,4 +1,8 @@
-"""Accuracy, computed once for every caller: which images have their label among the top k."""
+"""Accuracy, computed once for every caller: which images have their label among the top k.
+
+The training step counts its hits on the device (topk_hits), evaluation and the held-out curves
+take them as numpy (topk_correct): the same rule either way.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -6,10 +10,16 @@ import torch
 import torch.nn.functional as F
 
 
-def topk_correct(logits: torch.Tensor, labels: np.ndarray, k: int = 1) -> np.ndarray:
-    """bool (N,): whether each image's label is among its k largest logits (k > classes: all)."""
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """bool (N,) on the logits' device: whether each label is among its k largest logits
+    (k > classes: all)."""
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    return (top == torch.as_tensor(labels).view(-1, 1)).any(dim=1).numpy()
+    return (top == labels.view(-1, 1)).any(dim=1)
+
+
+def topk_correct(logits: torch.Tensor, labels: np.ndarray, k: int = 1) -> np.ndarray:
+    """topk_hits of CPU logits and numpy labels, as numpy."""
+    return topk_hits(logits, torch.as_tensor(labels), k).numpy()
 
 
 def percent(hits: np.ndarray) -> float:

@@ -151,8 +151,13 @@ class ModelParams(Section):
     dropout: float = Field(default=0.0, ge=0, lt=1)
 
     @property
+    def recipes(self) -> dict[str, ModelRecipe]:
+        """{name: its block}, in params.yaml's order."""
+        return dict(self.__pydantic_extra__ or {})
+
+    @property
     def names(self) -> list[str]:
-        return list(self.__pydantic_extra__ or {})
+        return list(self.recipes)
 
     @model_validator(mode="before")
     @classmethod
@@ -170,7 +175,7 @@ class ModelParams(Section):
     @model_validator(mode="after")
     def _architectures(self) -> "ModelParams":
         for name in self.names:
-            recipe, where = self.__pydantic_extra__[name], f"model.{name}"
+            recipe, where = self.recipes[name], f"model.{name}"
             if recipe.module is not None:
                 if recipe.block is not None or recipe.layers is not None:
                     raise ValueError(f"{where}.module = {recipe.module!r} beside {where}.block/layers: a model "
@@ -179,7 +184,7 @@ class ModelParams(Section):
                     raise ValueError(f"{where}.module = {recipe.module!r} must be the name of a file "
                                      "src/models/<module>.py (lower-case letters, digits, _)")
             elif recipe.block is None or recipe.layers is None:
-                known = [n for n in self.names if self.__pydantic_extra__[n].block or self.__pydantic_extra__[n].module]
+                known = [n for n in self.names if n != name]
                 raise ValueError(
                     f"{where} has no architecture: give it `block: basic | bottleneck` and `layers: "
                     f"[n1, n2, n3, n4]` (or `module: <file in src/models/>`), as README \"Add a model\" "
@@ -191,7 +196,7 @@ class ModelParams(Section):
     @model_validator(mode="after")
     def _augment_overrides(self) -> "ModelParams":
         for name in self.names:
-            for key, value in self.__pydantic_extra__[name].augment.items():
+            for key, value in self.recipes[name].augment.items():
                 where = f"model.{name}.augment.{key}"
                 if key not in ModelAugment.model_fields:
                     raise ValueError(f"{where} is not a key a model can override: use one of "
@@ -297,7 +302,7 @@ class Params(Section):
     reference: dict[str, Reference] = Field(default_factory=dict)
 
     def recipe(self, model_name: str) -> ModelRecipe:
-        recipes = self.model.__pydantic_extra__ or {}
+        recipes = self.model.recipes
         if model_name not in recipes:
             raise UserError(f"params.yaml has no model.{model_name} block: the models are "
                             f"{', '.join(recipes) or 'none'}. To add one, see README \"Add a model\"")

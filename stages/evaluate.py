@@ -107,11 +107,14 @@ def _check_declared(names: list[str]) -> None:
     stages = yaml.safe_load(Path("dvc.yaml").read_text()).get("stages", {})
     deps = set(stages.get("evaluate", {}).get("deps", []))
     for name in names:
-        problem = (f"has no train-{name} stage" if f"train-{name}" not in stages else None
-                   if f"models/{name}.pt" in deps else f"does not list models/{name}.pt among evaluate's deps")
-        if problem:
-            raise UserError(f"params.yaml has a model.{name} block, but dvc.yaml {problem}: add it as README "
-                            "\"Add a model\" shows (or remove the block)")
+        if f"train-{name}" not in stages:
+            problem = f"has no train-{name} stage"
+        elif f"models/{name}.pt" not in deps:
+            problem = f"does not list models/{name}.pt among evaluate's deps"
+        else:
+            continue
+        raise UserError(f"params.yaml has a model.{name} block, but dvc.yaml {problem}: add it as README "
+                        "\"Add a model\" shows (or remove the block)")
 
 
 def _device(runtime: Runtime) -> str:

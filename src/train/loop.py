@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from src.accuracy import topk_hits
 from src.runtime import Runtime
 from src.train.distributed import all_sum
 from src.train.ema import WeightAverage
@@ -53,7 +54,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     optimizer.step()
     if recipe.ema is not None:
         recipe.ema.update()
-    return loss.detach(), (logits.argmax(1) == y).sum()
+    return loss.detach(), topk_hits(logits, y).sum()
 
 
 def train_epoch(model, optimizer, batches, prepare, recipe: StepRecipe, runtime: Runtime, *,
