@@ -3,7 +3,8 @@
     python -m src.classify PATH... [--model NAME] [--top K] [--json]
 
 PATHs are image files or folders (searched recursively for files with an image suffix).
-The model defaults to the trained one with the best test top-1 in metrics/summary.json
+NAME is one of the `model.<name>` blocks of params.yaml (resnet18, resnet34, resnet50, and any
+model added as README "Add a model" shows). The model defaults to the trained one with the best test top-1 in metrics/summary.json
 (without metrics: the first trained model found); which one is used is printed on stderr.
 Any image Pillow opens is brought to 32x32 RGB as src/images.py describes. A file that
 cannot be classified gets one line on stderr (and an "error" object with --json); the
