@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import ARCHITECTURES, Project, build_model, copy_working_tree, ok, train
+from conftest import ARCHITECTURES, MODELS, Project, build_model, copy_working_tree, ok, train
 from src import model_file
 
 PARAMS = {"data.train_limit": 300, "data.test_limit": 60, "model.width": 2, "epochs": 1,
@@ -41,7 +41,7 @@ def trained_project(tmp_path_factory, downloaded) -> Project:
         project.set_params(PARAMS)
         ok(project.stage("augment"))
         ok(train(project, "resnet18"))
-        write_untrained_like(project.root / "models" / "resnet18.pt", ["resnet34", "resnet50"])
+        write_untrained_like(project.root / "models" / "resnet18.pt", [m for m in MODELS if m != "resnet18"])
         ok(project.stage("evaluate"))
         _built["trained"] = project
     return _built["trained"]

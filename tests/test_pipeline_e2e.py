@@ -37,7 +37,7 @@ def test_repro_exp_run_and_diffs_end_to_end(repo):
     assert ran(first) == ALL_STAGES
     assert "WARNING" not in first.stdout + first.stderr, first.stdout + first.stderr
     summary = json.loads((repo.root / "metrics/summary.json").read_text())
-    assert set(summary) == {"resnet18", "resnet34", "resnet50", "comparisons"}
+    assert set(summary) == {*MODELS, "comparisons"}
     assert (repo.root / "plots/report.md").read_text().count("ResNet-50") >= 1
     baseline.update(accuracy_files(repo.root))
     repo.git("add", "-A")
