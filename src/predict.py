@@ -23,8 +23,12 @@ def build_trained(state: dict, runtime: Runtime) -> tuple[nn.Module, Normalizer]
     name = state["model"]
     try:
         model = build_model(state["architecture"], num_classes=state["num_classes"], width=state["width"])
+    except (ValueError, TypeError) as error:  # an architecture module that is not here, or other options
+        raise UserError(f"cannot build {name} as its model file says ({state['architecture']}): {error}. "
+                        f"Retrain it with `dvc repro train-{name}`.") from None
+    try:
         model.load_state_dict(state["state_dict"])
-    except (RuntimeError, ValueError, TypeError) as error:
+    except RuntimeError as error:
         raise UserError(f"the weights of {name} do not fit its architecture {state['architecture']} "
                         f"(width {state['width']}): {str(error).splitlines()[0]}. "
                         f"Retrain it with `dvc repro train-{name}`.") from None

@@ -26,7 +26,7 @@ from src.augment import pipelines
 from src.data import splits
 from src.data.normalize import Normalizer
 from src.errors import UserError, run
-from src.models.build import build_model, check as check_architecture
+from src.models.build import build_model, check_architecture
 from src.params import Params, load_params
 from src.predict import predict_logits
 from src.provenance import data_hash, versions

@@ -29,7 +29,7 @@ def build_model(architecture: dict, num_classes: int = 100, width: int = 64, zer
     return CifarResNet(architecture["block"], list(architecture["layers"]), **common)
 
 
-def check(architecture: dict) -> None:
+def check_architecture(architecture: dict) -> None:
     """A ValueError now, before any work, for an architecture module that cannot be built."""
     if "module" in architecture:
         architecture_module(architecture["module"])
