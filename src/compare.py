@@ -14,41 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from src.errors import UserError, run
+from src.experiments import exp_show, flatten
 from src.params import load_params
 
 METRICS = ("top1", "top5")
 NOT_FINISHED = ("queued", "running", "failed")
 STUDY = "queue a seed study with `dvc exp run --queue -S seed=0,1,2,3,4`, then run it with `dvc queue start -j 2`"
-
-
-def exp_show() -> list[dict]:
-    """`dvc exp show --json`: the workspace, HEAD and HEAD's experiments."""
-    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()] or ["no output"]
-        error = next((line for line in lines if line.startswith("ERROR")), lines[-1])
-        raise UserError(f"`dvc exp show` failed ({error.removeprefix('ERROR: ')}): run this command "
-                        "from the root of the project's git repository")
-    return json.loads(result.stdout)
-
-
-def flatten(params: dict, prefix: str = "") -> dict:
-    """{'data': {'test_limit': 1}} -> {'data.test_limit': 1}: the names `dvc exp run -S` takes."""
-    flat = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def experiments(shown: list[dict], models: list[str]) -> tuple[pd.DataFrame, int]:

@@ -1,14 +1,17 @@
-"""Stage `evaluate`: test-split metrics, timings and plot data of every model.
+"""Stage `evaluate`: test-split metrics (and val, when held out), timings and plot data of every model.
 
     python -m stages.evaluate            (run by `dvc repro evaluate`)
 
 In:  models/<name>.pt of every `model.<name>` block in params.yaml, data/prepared/ (test.npz,
-     classes.json, stats.json), params model (the list of models), evaluate, runtime
+     val.npz when data.val_size > 0, classes.json, stats.json), params model (the list of
+     models), evaluate, runtime
 Out: metrics/<name>.json             DVC metrics, the headline numbers: top1, top5 and their 95%
-                                     bootstrap bounds, loss, ECE, macro F1; rounded, so identical
-                                     runs give identical bytes
-     metrics/summary.json            DVC metric: each model's top1 side by side, and `comparisons`:
-                                     each pair's top-1 difference, its interval, McNemar p (+ Holm)
+                                     bootstrap bounds, loss, ECE, macro F1 (test split), and
+                                     `val: {top1, top5, loss}` with a val split (what tuning
+                                     chooses by); rounded, so identical runs give identical bytes
+     metrics/summary.json            DVC metric: each model's top1 (and val.top1) side by side, and
+                                     `comparisons`: each pair's test top-1 difference, its
+                                     interval, McNemar p (+ Holm)
      evaluation/detail/<name>.json   the rest: macro precision/recall, per-superclass accuracy,
                                      parameters, weights scored, provenance (not a DVC metric)
      evaluation/timing/<name>.json   throughput and latency on this device over several passes
@@ -46,6 +49,8 @@ def main() -> None:
     runtime = resolve(params.runtime)
     batch_size = params.runtime.eval_batch_size
     test = splits.load(f"{PREPARED}/test.npz")
+    # The augment stage writes val.npz exactly when data.val_size > 0.
+    val = splits.load(f"{PREPARED}/val.npz") if Path(f"{PREPARED}/val.npz").is_file() else None
     classes = json.loads(Path(f"{PREPARED}/classes.json").read_text())
     archive_md5 = json.loads(Path(f"{PREPARED}/stats.json").read_text())["archive_md5"]
     prepared_hash = data_hash(PREPARED)
@@ -55,21 +60,27 @@ def main() -> None:
     states = {name: model_file.read(model_file.path_of(name)) for name in names}
     for name, state in states.items():
         model_file.check_trained_on(state, model_file.path_of(name), prepared_hash)
-    print(f"evaluating {', '.join(names)} on {len(test['fine_labels'])} test images, {_device(runtime)}")
+    on_val = f" and {len(val['fine_labels'])} val images" if val is not None else ""
+    print(f"evaluating {', '.join(names)} on {len(test['fine_labels'])} test images{on_val}, {_device(runtime)}")
 
     outputs, built = {}, {}
     for name, state in states.items():
         built[name] = model, normalize = build_trained(state, runtime)
         # Eager even with runtime.compile: compiling for one pass over 10,000 images (and for
         # each new batch shape) costs more than it saves.
-        logits = predict_logits(model, test["images"], normalize, runtime, batch_size,
-                                hflip_tta=params.evaluate.hflip_tta)
-        outputs[name] = results.model_results(logits, test, classes)
-        outputs[name]["detail"].update(hflip_tta=params.evaluate.hflip_tta, ema=bool(state.get("ema", False)),
+        scored = {split: predict_logits(model, arrays["images"], normalize, runtime, batch_size,
+                                        hflip_tta=params.evaluate.hflip_tta)
+                  for split, arrays in (("test", test), ("val", val)) if arrays is not None}
+        outputs[name] = results.model_results(scored["test"], test, classes)
+        if val is not None:  # scored as the test split is, so that a choice on val carries over
+            outputs[name]["metrics"]["val"] = results.heldout_scores(scored["val"], val["fine_labels"])
+        outputs[name]["detail"].update(val_images=0 if val is None else len(val["fine_labels"]),
+                                       hflip_tta=params.evaluate.hflip_tta, ema=bool(state.get("ema", False)),
                                        parameters=count_parameters(model),
                                        provenance=_provenance(state, runtime, archive_md5, prepared_hash))
         m = outputs[name]["metrics"]
-        print(f"{name}: top1 {m['top1']:.2f}% top5 {m['top5']:.2f}% loss {m['loss']:.4f} ECE {m['ece']:.2f}%")
+        on_val = f" (val top1 {m['val']['top1']:.2f}%)" if val is not None else ""
+        print(f"{name}: top1 {m['top1']:.2f}% top5 {m['top5']:.2f}% loss {m['loss']:.4f} ECE {m['ece']:.2f}%{on_val}")
     # Timed after every model is scored, the models taking turns (src/evaluate/timing.py).
     timings = timing.measure(built, test["images"], runtime, batch_size)
     for name, t in timings.items():
@@ -93,7 +104,7 @@ def main() -> None:
             for table, folder in tables.items():
                 files.write_csv(folder / f"{name}.csv", output[table])
         files.write_json(metrics_dir / "summary.json",
-                         results.summary({name: o["metrics"]["top1"] for name, o in outputs.items()},
+                         results.summary({name: o["metrics"] for name, o in outputs.items()},
                                          {name: o["correct"] for name, o in outputs.items()}))
     print("wrote metrics/, evaluation/, plots/confusion/, plots/reliability/, plots/per_class/, "
           "plots/predictions/")

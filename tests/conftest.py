@@ -327,6 +327,23 @@ def tiny_repo(path: Path, archive: "Archive", server: "HttpServer") -> Project:
     return project
 
 
+def keep_models(project: Project, names: list[str]) -> None:
+    """Remove every other model from a project copy, as README "Add a model" adds one (its
+    params block and reference, its train stage, its evaluate dep): a pipeline of `names` only."""
+    params = project.params()
+    for name in set(MODELS) - set(names):
+        del params["model"][name]
+        params["reference"].pop(name, None)
+    (project.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    pipeline = yaml.safe_load((project.root / "dvc.yaml").read_text())
+    stages = pipeline["stages"]
+    for name in set(MODELS) - set(names):
+        del stages[f"train-{name}"]
+    stages["evaluate"]["deps"] = [d for d in stages["evaluate"]["deps"]
+                                  if not d.startswith("models/") or d[len("models/"):-len(".pt")] in names]
+    (project.root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+
+
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     """`result`, after asserting it succeeded (with the tail of its output as the message)."""
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -294,8 +294,8 @@ def test_metrics_files_have_the_expected_keys_and_ranges(evaluated):
         detail = evaluated.json(f"evaluation/detail/{name}.json")
         assert set(m) == HEADLINE and all(type(v) in (int, float) for v in m.values())
         assert {"macro_precision", "macro_recall", "superclass_top1", "per_superclass", "parameters",
-                "test_images", "hflip_tta", "ema", "provenance"} == set(detail)
-        assert detail["test_images"] == TEST_IMAGES
+                "test_images", "val_images", "hflip_tta", "ema", "provenance"} == set(detail)
+        assert detail["test_images"] == TEST_IMAGES and detail["val_images"] == 0  # no val: no `val` metrics
         for key in ("top1", "top5", "ece", "macro_f1"):
             assert 0 <= m[key] <= 100, (name, key, m[key])
         for key in ("macro_precision", "macro_recall", "superclass_top1"):
@@ -321,7 +321,7 @@ def test_metrics_files_have_the_expected_keys_and_ranges(evaluated):
 def test_summary_puts_each_top1_side_by_side(evaluated):
     summary = evaluated.json("metrics/summary.json")
     assert list(summary) == sorted([*MODELS, "comparisons"])
-    for name in MODELS:
+    for name in MODELS:  # no val split here: the test top-1 alone
         assert summary[name] == {"top1": evaluated.json(f"metrics/{name}.json")["top1"]}
     # A list of records: DVC lists numbers only, so the comparisons stay out of its tables.
     assert isinstance(summary["comparisons"], list)
@@ -440,14 +440,22 @@ def test_metrics_agree_with_an_independent_forward_pass(evaluated):
             assert np.mean(np.array(predicted) == np.array(mine)) >= 0.8
 
 
-def test_hflip_tta_scores_the_averaged_softmax_and_is_recorded(evaluated, tmp_path):
-    """evaluate.hflip_tta: top-1 from the mean of the softmaxes of each image and its mirror."""
+def linked_copy(evaluated, path: Path) -> Project:
+    """The evaluated project under `path`, its files hard links (the stages replace their output
+    folders, never write into a file), params.yaml a copy (set_params writes into it)."""
     import os
     import shutil
-    source = evaluated.project.root
+    project = Project(path, env=evaluated.project.env)
+    shutil.copytree(evaluated.project.root, path, copy_function=os.link, ignore=shutil.ignore_patterns(".git"))
+    (path / "params.yaml").unlink()
+    shutil.copyfile(evaluated.project.root / "params.yaml", path / "params.yaml")
+    return project
+
+
+def test_hflip_tta_scores_the_averaged_softmax_and_is_recorded(evaluated, tmp_path):
+    """evaluate.hflip_tta: top-1 from the mean of the softmaxes of each image and its mirror."""
     assert evaluated.json("evaluation/detail/resnet18.json")["hflip_tta"] is False
-    project = Project(tmp_path / "tta", env=evaluated.project.env)
-    shutil.copytree(source, project.root, copy_function=os.link, ignore=shutil.ignore_patterns(".git"))
+    project = linked_copy(evaluated, tmp_path / "tta")
     project.set_params({"evaluate.hflip_tta": True})
     result = project.stage("evaluate")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -465,6 +473,41 @@ def test_hflip_tta_scores_the_averaged_softmax_and_is_recorded(evaluated, tmp_pa
             assert metrics_file["top1"] == pytest.approx(top1, abs=1e-4)
         assert metrics_file["loss"] == pytest.approx(
             torch.nn.functional.nll_loss(probs.log(), torch.from_numpy(labels)).item(), rel=0.02)
+
+
+def test_val_split_is_scored_as_the_test_split_is(evaluated, tmp_path):
+    """data.val_size > 0: metrics/<model>.json gains val {top1, top5, loss} (what tuning chooses
+    by) and summary.json each model's val.top1, all as an independent forward pass finds them."""
+    project = linked_copy(evaluated, tmp_path / "val")
+    project.set_params({"data.val_size": 50})
+    result = project.stage("augment")
+    assert result.returncode == 0, result.stderr[-3000:]
+    prepared = project.root / "data" / "prepared"
+    stats = json.loads((prepared / "stats.json").read_text())
+    for seed, name in enumerate(MODELS):  # the same untrained models, made for the new split
+        (project.root / "models" / f"{name}.pt").unlink()  # a hard link to the other project's file
+        write_model_file(project.root / "models" / f"{name}.pt", name, WIDTHS.get(name, 2),
+                         data_hash(prepared), stats["mean"], stats["std"], seed)
+    result = project.stage("evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "100 test images and 50 val images" in result.stdout
+    with np.load(prepared / "val.npz") as npz:
+        images, labels = npz["images"], npz["fine_labels"]
+    summary = json.loads((project.root / "metrics/summary.json").read_text())
+    for name in MODELS:
+        metrics_file = json.loads((project.root / f"metrics/{name}.json").read_text())
+        assert set(metrics_file) == HEADLINE | {"val"} and set(metrics_file["val"]) == {"top1", "top5", "loss"}
+        assert summary[name] == {"top1": metrics_file["top1"], "val": {"top1": metrics_file["val"]["top1"]}}
+        assert json.loads((project.root / f"evaluation/detail/{name}.json").read_text())["val_images"] == 50
+        model, x = independent_model_and_inputs(project.root, name, images)
+        with torch.no_grad():
+            logits = model(x).double()
+        top5 = (logits.topk(5, dim=1).indices == torch.from_numpy(labels).view(-1, 1)).any(1).double().mean() * 100
+        if ON_CPU:
+            assert metrics_file["val"]["top1"] == pytest.approx(float(np.mean(logits.argmax(1).numpy() == labels) * 100), abs=1e-4)
+            assert metrics_file["val"]["top5"] == pytest.approx(top5.item(), abs=1e-4)
+        assert metrics_file["val"]["loss"] == pytest.approx(
+            torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).item(), rel=0.02)
 
 
 def test_reliability_table_reproduces_the_ece(evaluated):

@@ -94,10 +94,11 @@ def test_no_train_stage_depends_on_evaluate_or_report_code(name):
         assert not re.search(r"(evaluate|report)", dep), f"{name} depends on {dep}"
 
 
-# User commands (`python -m src.compare`, `python -m src.classify`) and the inference code only they
-# and app.py share: they read the pipeline's results, no stage runs them.
+# User commands (`python -m src.compare`, `python -m src.classify`, `python -m src.sweep`) and the
+# code only they and app.py share: they read the pipeline's results or run DVC, no stage runs them.
 COMMANDS = {ROOT / "src" / "compare.py", ROOT / "src" / "classify.py", ROOT / "src" / "classifier.py",
-            ROOT / "src" / "images.py"}
+            ROOT / "src" / "images.py", ROOT / "src" / "experiments.py", ROOT / "src" / "sweep.py",
+            *(ROOT / "src" / "tuning").glob("*.py")}
 
 
 def test_every_project_module_is_used_by_some_stage():

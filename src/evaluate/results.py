@@ -60,6 +60,13 @@ def model_results(logits: torch.Tensor, split: dict[str, np.ndarray], classes: d
             "predictions": prediction_rows(fine, predicted, confidence, top5), "correct": correct}
 
 
+def heldout_scores(logits: torch.Tensor, labels: np.ndarray) -> dict:
+    """{top1, top5, loss} of the val split: the numbers tuning chooses by (metrics/<model>.json
+    `val`), computed as the test split's are (the same rules, no label smoothing)."""
+    loss, top1 = loss_and_accuracy(logits, labels)
+    return {"top1": top1, "top5": percent(topk_correct(logits, labels, 5)), "loss": loss}
+
+
 def prediction_rows(fine: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
                     top5: np.ndarray) -> list[dict]:
     """One row per test image, in split order: what any further analysis of the model needs.
@@ -87,13 +94,16 @@ def per_class_rows(correct: np.ndarray, fine: np.ndarray, superclass: np.ndarray
              "accuracy": accuracy[classes["fine"][c]], "images": int(images[c])} for c in order]
 
 
-def summary(top1: dict[str, float], correct: dict[str, np.ndarray]) -> dict:
-    """metrics/summary.json: every model's top-1 side by side, {model: {'top1': ...}}, and
-    'comparisons': a list with every pair's top-1 difference, its interval and McNemar test.
+def summary(headline: dict[str, dict], correct: dict[str, np.ndarray]) -> dict:
+    """metrics/summary.json: every model's top-1 side by side, {model: {'top1': ...}} (and
+    {'val': {'top1': ...}} with a val split), and 'comparisons': a list with every pair's top-1
+    difference, its interval and McNemar test.
 
     A list, because DVC lists only numbers: `dvc metrics show` and `dvc exp show` show each
-    model's top-1 as one short column (`resnet18.top1`) and leave the comparisons to the
-    report and the file, where their 40-character names cannot widen every row.
+    model's top-1 as one short column (`resnet18.top1`, `resnet18.val.top1`) and leave the
+    comparisons to the report and the file, where their 40-character names cannot widen every row.
     """
+    side_by_side = {name: {"top1": m["top1"], **({"val": {"top1": m["val"]["top1"]}} if "val" in m else {})}
+                    for name, m in headline.items()}
     pairs = [{"pair": key, **values} for key, values in stats.compare(correct).items()]
-    return {**{name: {"top1": value} for name, value in top1.items()}, "comparisons": pairs}
+    return {**side_by_side, "comparisons": pairs}

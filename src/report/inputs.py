@@ -26,9 +26,10 @@ def read_json(path: str | Path, made_by: str) -> dict:
 
 
 def comparisons(path: str | Path) -> dict[str, dict]:
-    """{pair: its difference and test} from the `comparisons` list of metrics/summary.json."""
+    """{pair: its difference and test} from the `comparisons` list of metrics/summary.json (empty
+    for a project of one model)."""
     found = read_json(path, "evaluate").get("comparisons")
-    if not isinstance(found, list) or not found:
+    if not isinstance(found, list):
         raise UserError(f"{path} has no `comparisons` list (written by an older evaluate stage): "
                         "run `dvc repro evaluate` again")
     return {entry["pair"]: {key: value for key, value in entry.items() if key != "pair"} for entry in found}

@@ -1,0 +1,109 @@
+"""DVC experiments as `src.compare` and `src.sweep` see them: DVC's own commands, run as a user would.
+
+`dvc exp show --json` is DVC's documented machine output: every experiment of HEAD with its
+params, its metrics and, for a queued one, the queue's state (queued, running, success, failed).
+Experiments are queued with `dvc exp run --queue -n NAME -S key=value` and run by
+`dvc queue start -j J`, so what a sweep runs is what `dvc exp show` and `dvc queue logs` list.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from src.errors import UserError
+
+FINISHED = ("success", "failed")
+
+
+def _dvc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()] or ["no output"]
+    return next((line for line in lines if line.startswith("ERROR")), lines[-1]).removeprefix("ERROR: ")
+
+
+def exp_show(attempts: int = 4) -> list[dict]:
+    """`dvc exp show --json`: the workspace, HEAD and HEAD's experiments."""
+    for attempt in range(attempts):
+        result = _dvc("exp", "show", "--json")
+        # It fails now and then while a queue worker creates or removes an experiment's temporary
+        # copy ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist"): a second later it does not.
+        if result.returncode == 0 or ".dvc/tmp/exps/" not in result.stderr:
+            break
+        time.sleep(1 + attempt)
+    if result.returncode != 0:
+        raise UserError(f"`dvc exp show` failed ({_error_line(result)}): run this command from the root "
+                        "of the project's git repository")
+    return json.loads(result.stdout)
+
+
+def flatten(params: dict, prefix: str = "") -> dict:
+    """{'data': {'test_limit': 1}} -> {'data.test_limit': 1}: the names `dvc exp run -S` takes."""
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    state: str  # queued | running | success | failed (success: also one run outside the queue)
+    params: dict = field(default_factory=dict)  # params.yaml, flattened
+    metrics: dict = field(default_factory=dict)  # {path: parsed file} of the files DVC could read
+
+
+def by_name(shown: list[dict]) -> dict[str, Experiment]:
+    """Every named experiment of HEAD in `dvc exp show --json` output, by name."""
+    found = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            state = exp["revs"][0]
+            name = exp.get("name") or state.get("name")
+            if not name:
+                continue
+            data = state.get("data") or {}
+            metrics = {path: entry["data"] for path, entry in (data.get("metrics") or {}).items()
+                       if isinstance(entry, dict) and "data" in entry and not entry.get("error")}
+            found[name] = Experiment(name, (exp.get("executor") or {}).get("state") or "success",
+                                     flatten((data.get("params") or {}).get("params.yaml", {}).get("data", {})),
+                                     metrics)
+    return found
+
+
+def override(key: str, value) -> str:
+    """`key=value` for `dvc exp run -S`, which reads the value as YAML: JSON's scalars are YAML's."""
+    return f"{key}={json.dumps(value)}"
+
+
+def queue(name: str, params: dict) -> None:
+    """`dvc exp run --queue -n name -S key=value ...`: one experiment, queued."""
+    args = ["exp", "run", "--queue", "-n", name]
+    for key, value in params.items():
+        args += ["-S", override(key, value)]
+    result = _dvc(*args)
+    if result.returncode != 0:
+        raise UserError(f"`dvc exp run --queue -n {name}` failed ({_error_line(result)})")
+
+
+def start_workers(jobs: int) -> None:
+    """`dvc queue start -j jobs`: DVC starts only the workers not already running, and each stops
+    by itself once the queue has been empty for a while."""
+    # The workers it starts inherit its stdout and stderr: pipes would keep this call waiting until
+    # the last worker exits, so its output goes to a file.
+    with tempfile.TemporaryFile("w+") as output:
+        code = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)],
+                              stdin=subprocess.DEVNULL, stdout=output, stderr=output).returncode
+        output.seek(0)
+        result = subprocess.CompletedProcess([], code, "", output.read())
+    if result.returncode != 0:
+        raise UserError(f"`dvc queue start -j {jobs}` failed ({_error_line(result)})")

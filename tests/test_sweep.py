@@ -1,0 +1,189 @@
+"""`python -m src.sweep`: a search over DVC experiments that chooses on the val split and scores
+the test split once, on a one-model pipeline small enough to learn something in seconds.
+
+The sweep's numbers are checked against the experiments' own files (`git show` of each
+experiment's commit), not against what the sweep says about them; the driver is killed with
+SIGKILL mid-sweep and started again; every bad input fails before anything is queued.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+
+import pytest
+import yaml
+from optuna import distributions
+
+from conftest import ROOT, TINY, keep_models, ok, start_cmd, tiny_repo
+from src.errors import UserError
+from src.tuning.space import load_space
+
+LEARNS = {**TINY, "data.train_limit": 2000, "model.width": 8, "epochs": 3, "train.warmup_epochs": 0}
+VAL_SIZE = 200
+SPACE = f"objective: resnet18\nval_size: {VAL_SIZE}\nspace:\n  lr: {{low: 0.02, high: 0.2, log: true}}\n"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, cifar_archive, http_server):
+    """A committed one-model project (ResNet-18 at width 8, 1,800 training images) with its data
+    in the DVC cache."""
+    project = tiny_repo(tmp_path_factory.mktemp("sweep") / "project", cifar_archive, http_server)
+    project.set_params(LEARNS)
+    keep_models(project, ["resnet18"])
+    ok(project.dvc("repro", "augment"))
+    project.git("add", "-A")
+    ok(project.git("commit", "-q", "-m", "baseline: one model"))
+    return project
+
+
+def sweep(repo, *args: str, timeout: float = 900):
+    return repo.run(sys.executable, "-m", "src.sweep", *args, timeout=timeout)
+
+
+def exp_refs(repo) -> dict[str, str]:
+    """{experiment name: its git ref} of every experiment (and the queue's stash refs)."""
+    listed = ok(repo.git("for-each-ref", "--format=%(refname)", "refs/exps")).stdout.split()
+    return {ref.rsplit("/", 1)[-1]: ref for ref in listed}
+
+
+def exp_json(repo, ref: str, path: str) -> dict:
+    return json.loads(ok(repo.git("show", f"{ref}:{path}")).stdout)
+
+
+def exp_params(repo, ref: str) -> dict:
+    return yaml.safe_load(ok(repo.git("show", f"{ref}:params.yaml")).stdout)
+
+
+def write_space(repo, name: str, text: str):
+    path = repo.root / f"{name}.yaml"
+    path.write_text(text)
+    return path.name
+
+
+# ------------------------------------------------------------------ bad input: one line, nothing queued
+
+BAD = {
+    "unknown-key": (SPACE.replace("lr:", "train.lrr:"), [], "space.train.lrr is not a key of params.yaml"),
+    "refused-range": (SPACE.replace("low: 0.02, high: 0.2, log: true", "low: 0.0, high: 0.5"), [],
+                      "space.lr: 0.0 is refused by params.yaml's schema"),
+    "refused-choice": (SPACE.replace("lr: {low: 0.02, high: 0.2, log: true}", "train.label_smoothing: {choices: [0.0, 1.5]}"),
+                       [], "space.train.label_smoothing: 1.5 is refused"),
+    "test-objective": (SPACE.replace("objective: resnet18", "objective: resnet18.top1"), [],
+                       "a sweep chooses on the val split only"),
+    "unknown-model": (SPACE.replace("objective: resnet18", "objective: resnet99"), [],
+                      "objective 'resnet99' is not a model of params.yaml"),
+    "val-size-0": (SPACE.replace(f"val_size: {VAL_SIZE}", "val_size: 0"), [], "val_size 0 holds out no images"),
+    "val-size-too-large": (SPACE.replace(f"val_size: {VAL_SIZE}", "val_size: 2000"), [],
+                           "val_size 2000 is too large"),
+    "not-yaml": ("objective: resnet18\nspace: [lr: {low: 0.02\n", [], "is not valid YAML"),
+    "empty-space": ("objective: resnet18\nval_size: 200\nspace: {}\n", [], "space is empty"),
+    "no-trials": (SPACE, ["--trials", "0"], "--trials must be at least 1, not 0"),
+    "grid-of-a-range": (SPACE, ["--sampler", "grid"], "--sampler grid needs a list for every key"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_fails_in_one_line_before_anything_is_queued(repo, case):
+    text, args, message = BAD[case]
+    before = exp_refs(repo)
+    result = sweep(repo, write_space(repo, f"bad-{case}", text), *(args or ["--trials", "2"]), timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert len(lines) == 1 and lines[0].startswith("ERROR: ") and message in lines[0], result.stderr
+    assert exp_refs(repo) == before, "something was queued"
+    assert not (repo.root / "sweeps" / f"bad-{case}.db").exists()
+
+
+def test_space_forms_become_optuna_distributions(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("objective: mean\nspace:\n  lr: {low: 0.05, high: 0.8, log: true}\n"
+                    "  epochs: {low: 2, high: 6, step: 2}\n  train.label_smoothing: {choices: [0.0, 0.1]}\n")
+    space = load_space(path, ROOT / "params.yaml")  # all 50,000 training images: the default val_size fits
+    assert space.objective == "mean" and space.val_size == 5000 and space.grid is None
+    assert space.dimensions == {"lr": distributions.FloatDistribution(0.05, 0.8, log=True),
+                                "epochs": distributions.IntDistribution(2, 6, step=2),
+                                "train.label_smoothing": distributions.CategoricalDistribution([0.0, 0.1])}
+    path.write_text("objective: resnet18\nspace:\n  epochs: {values: [50, 100]}\n  seed: {values: [0, 1]}\n")
+    assert load_space(path, ROOT / "params.yaml").grid == {"epochs": [50, 100], "seed": [0, 1]}
+    path.write_text("objective: resnet18\nspace:\n  epochs: {low: 1.5, high: 4}\n")  # epochs is an int
+    with pytest.raises(UserError, match="space.epochs: 1.5 is refused"):
+        load_space(path, ROOT / "params.yaml")
+
+
+# ------------------------------------------------------------------ a failed trial
+
+def test_a_failed_trial_is_recorded_with_its_log_hint_and_the_sweep_goes_on(repo):
+    md5 = repo.params()["data"]["md5"]
+    name = write_space(repo, "md5s", f"objective: resnet18\nval_size: {VAL_SIZE}\n"
+                                     f"space:\n  data.md5: {{values: ['{md5}', '{'0' * 32}']}}\n")
+    result = ok(sweep(repo, name, "--sampler", "grid", "--json"))
+    report = json.loads(result.stdout)
+    by_md5 = {t["params"]["data.md5"]: t for t in report["trials"]}
+    failed, good = by_md5["0" * 32], by_md5[md5]
+    assert failed["state"] == "failed" and f"dvc queue logs {failed['experiment']}" in failed["failure"]
+    assert "md5" in ok(repo.dvc("queue", "logs", failed["experiment"])).stdout
+    assert good["state"] == "complete" and report["best"]["experiment"] == good["experiment"]
+    assert good["value"] == exp_json(repo, exp_refs(repo)[good["experiment"]], "metrics/resnet18.json")["val"]["top1"]
+
+
+# ------------------------------------------------------------------ a sweep killed and resumed, then --final
+
+def wait_until_queue_idle(repo, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while any(word in ok(repo.dvc("queue", "status")).stdout for word in ("Queued", "Running")):
+        assert time.monotonic() < deadline
+        time.sleep(3)
+
+
+def test_random_sweep_resumes_after_kill_9_and_final_scores_the_test_split_once(repo):
+    space = write_space(repo, "lr", SPACE)
+    driver = start_cmd([sys.executable, "-m", "src.sweep", space, "--trials", "4", "--sampler", "random"],
+                       cwd=repo.root, env=repo.env)
+    finished, output = 0, []
+    deadline = time.monotonic() + 600
+    while finished < 2:
+        line = driver.stdout.readline()
+        assert line and time.monotonic() < deadline, "".join(output)
+        output.append(line)
+        finished += "val top-1" in line
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(30)
+    wait_until_queue_idle(repo)  # the trials it left queued finish while no driver runs
+
+    result = ok(sweep(repo, space, "--trials", "4", "--sampler", "random", "--final", "--json"))
+    report = json.loads(result.stdout)
+    assert "resumed" in result.stderr, result.stderr  # it picked up what the dead driver left
+    trials = report["trials"]
+    names = sorted(t["experiment"] for t in trials)
+    assert names == [f"lr-t{n}" for n in range(4)] and all(t["state"] == "complete" for t in trials), trials
+    refs = exp_refs(repo)
+    # None ran twice: each trial is one task of DVC's queue, and one experiment.
+    status = ok(repo.dvc("queue", "status")).stdout
+    assert [status.count(f" {name} ") for name in names] == [1] * 4, status
+    assert sorted(n for n in refs if n.startswith("lr-t")) == names
+
+    val_top1 = {}
+    for trial in trials:
+        ref = refs[trial["experiment"]]
+        params = exp_params(repo, ref)
+        assert params["data"]["val_size"] == VAL_SIZE and params["lr"] == pytest.approx(trial["params"]["lr"], rel=1e-12)
+        val_top1[trial["experiment"]] = exp_json(repo, ref, "metrics/resnet18.json")["val"]["top1"]
+        assert trial["value"] == val_top1[trial["experiment"]]
+    best = report["best"]
+    assert best["value"] == max(val_top1.values())
+    assert best["experiment"] in [n for n, v in val_top1.items() if v == best["value"]]
+
+    final = report["final"]
+    assert final["experiment"] == "lr-final"
+    final_params, best_params = exp_params(repo, refs["lr-final"]), exp_params(repo, refs[best["experiment"]])
+    assert final_params["data"].pop("val_size") == 0
+    best_params["data"].pop("val_size")
+    assert final_params == best_params
+    metrics = exp_json(repo, refs["lr-final"], "metrics/resnet18.json")
+    assert "val" not in metrics and final["test"]["resnet18"]["top1"] == metrics["top1"]
+    # The readable view names the final experiment and its test top-1.
+    shown = ok(repo.dvc("exp", "show", "--only-changed", "--drop", ".*/|metrics|evaluation|Created", "--no-pager",
+                        "--sort-by", "resnet18.val.top1")).stdout
+    assert "lr-final" in shown and all(name in shown for name in names), shown
