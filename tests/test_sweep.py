@@ -8,6 +8,7 @@ SIGKILL mid-sweep and started again; every bad input fails before anything is qu
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 import yaml
 from optuna import distributions
 
-from conftest import ROOT, TINY, keep_models, ok, start_cmd, tiny_repo
+from conftest import BIN_DIR, ROOT, TINY, keep_models, ok, start_cmd, tiny_repo
 from src.errors import UserError
 from src.tuning.space import load_space
 
@@ -183,7 +184,33 @@ def test_random_sweep_resumes_after_kill_9_and_final_scores_the_test_split_once(
     assert final_params == best_params
     metrics = exp_json(repo, refs["lr-final"], "metrics/resnet18.json")
     assert "val" not in metrics and final["test"]["resnet18"]["top1"] == metrics["top1"]
-    # The readable view names the final experiment and its test top-1.
-    shown = ok(repo.dvc("exp", "show", "--only-changed", "--drop", ".*/|metrics|evaluation|Created", "--no-pager",
-                        "--sort-by", "resnet18.val.top1")).stdout
-    assert "lr-final" in shown and all(name in shown for name in names), shown
+    # The README's view of the trials: each one, with its val top-1, best first.
+    shown = ok(repo.run(BIN_DIR / "dvc", *shlex.split(readme_command("dvc exp show"))[1:], "--no-pager")).stdout
+    rows = [line for line in shown.splitlines() if "[lr-t" in line]
+    assert "resnet18.val.top1" in shown and len(rows) == 4, shown
+    assert f"[{best['experiment']}]" in rows[0] and f" {best['value']:g} " in rows[0], shown
+    assert "[lr-final]" in shown
+
+
+def readme_tuning() -> str:
+    return (ROOT / "README.md").read_text().split("\n## Tuning: validation first, the test split once\n")[1] \
+        .split("\n## ")[0]
+
+
+def readme_command(start: str) -> str:
+    """The first command of the Tuning section that starts with `start`, its continuation lines
+    joined and its comments dropped."""
+    lines = readme_tuning().splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(start))
+    command = lines[i]
+    while command.split("#")[0].rstrip().endswith("\\"):
+        i += 1
+        command = command.split("#")[0].rstrip()[:-1] + " " + lines[i].strip()
+    return command.split("  #")[0].strip()
+
+
+def test_readme_space_yaml_is_a_valid_space(tmp_path):
+    text = readme_tuning().split("cat > lr.yaml <<'END'\n")[1].split("\nEND\n")[0]
+    (tmp_path / "lr.yaml").write_text(text)
+    space = load_space(tmp_path / "lr.yaml", ROOT / "params.yaml")
+    assert (space.objective, space.val_size, list(space.dimensions)) == ("resnet18", 5000, ["lr", "train.label_smoothing"])
