@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from src.errors import UserError
 
 FINISHED = ("success", "failed")
+# `dvc exp show` fails now and then while a queue worker creates or removes an experiment's files
+# ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist", "No such file or directory:
+# '.dvc/tmp/exps/run/<task>/<task>.run'", "Empty git repo"); asked again later, it answers.
+TRANSIENT = (".dvc/tmp/exps", "Empty git repo")
 
 
 def _dvc(*args: str) -> subprocess.CompletedProcess:
@@ -28,20 +32,17 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
     return next((line for line in lines if line.startswith("ERROR")), lines[-1]).removeprefix("ERROR: ")
 
 
-def exp_show(attempts: int = 4) -> list[dict]:
+def exp_show(patience_s: float = 30) -> list[dict]:
     """`dvc exp show --json`: the workspace, HEAD and HEAD's experiments."""
-    for attempt in range(attempts):
+    deadline = time.monotonic() + patience_s
+    while True:
         result = _dvc("exp", "show", "--json")
-        # It fails now and then while a queue worker creates or removes an experiment's temporary
-        # copy ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist", "Empty git repo"): a second
-        # later it does not.
         if result.returncode == 0:
-            break
-        time.sleep(1 + attempt)
-    if result.returncode != 0:
-        raise UserError(f"`dvc exp show` failed ({_error_line(result)}): run this command from the root "
-                        "of the project's git repository")
-    return json.loads(result.stdout)
+            return json.loads(result.stdout)
+        if not any(sign in result.stderr for sign in TRANSIENT) or time.monotonic() > deadline:
+            raise UserError(f"`dvc exp show` failed ({_error_line(result)}): run this command from the root "
+                            "of the project's git repository")
+        time.sleep(2)
 
 
 def flatten(params: dict, prefix: str = "") -> dict:

@@ -22,7 +22,6 @@ import sys
 from tqdm import tqdm
 
 from src.errors import UserError, run
-from src.experiments import by_name, exp_show
 from src.params import load_params
 from src.tuning import final, study as studies, trials
 from src.tuning.space import load_space
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         total = min(total, _grid_size(space.grid))
     studies.lock(name)
     study = studies.open_study(name, space, args.sampler, params.seed)
-    known = by_name(exp_show())
+    known = trials.listing()
     _check_names(name, study, known)
     out = sys.stderr if args.json else sys.stdout
     finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))

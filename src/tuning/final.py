@@ -8,7 +8,7 @@ from optuna.trial import FrozenTrial, TrialState
 from src import experiments
 from src.errors import UserError
 from src.tuning.space import VAL_SIZE_KEY
-from src.tuning.trials import EXPERIMENT, FAILURES, shown, wait_for_change
+from src.tuning.trials import EXPERIMENT, FAILURES, listing, shown, wait_for_change
 
 TEST_KEYS = ("top1", "top1_low", "top1_high", "top5")
 
@@ -28,7 +28,7 @@ def run_final(sweep: str, best: FrozenTrial, models: list[str], jobs: int, repor
     """Train `best`'s params as the experiment <sweep>-final (or pick up the one a previous
     --final queued) and return its test numbers: {experiment, params, test: {model: {...}}}."""
     name, params = f"{sweep}-final", final_params(best)
-    known = experiments.by_name(experiments.exp_show())
+    known = listing()
     if name in known and any(known[name].params.get(k) != v for k, v in params.items()):
         raise UserError(f"experiment {name} exists with other params than the best trial's: remove it with "
                         f"`dvc exp remove {name}` and run --final again")

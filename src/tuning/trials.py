@@ -24,7 +24,11 @@ from src.tuning.space import VAL_SIZE_KEY, Space
 EXPERIMENT = "experiment"  # the user attribute of a trial that names its DVC experiment
 FAILURES = "failures"  # the study's user attribute: {trial number: why it failed}
 RESULTS = Path(".dvc/tmp/exps/celery/result")  # DVC's queue writes one file here per finished task
+RESUMED = {"success": "it finished while no driver ran", "failed": "it failed while no driver ran",
+           "running": "still running", "queued": "still queued", "never queued": "queued now (it never reached "
+           "DVC's queue)"}
 POLL_S, REFRESH_S = 1.0, 30.0  # seconds between cheap checks; at most this long between dvc exp shows
+PATIENCE_S = 300.0  # how long `dvc exp show` may fail with DVC's passing errors before the sweep stops
 
 
 def trial_name(sweep: str, number: int) -> str:
@@ -74,7 +78,8 @@ class Driver:
             if name not in self.known:
                 experiments.queue(name, trial_params(self.space, trial))
             self.pending[trial.number] = name
-            self.report(f"trial {trial.number} ({name}): resumed, {self.known.get(name, Experiment(name, 'queued')).state}")
+            state = self.known[name].state if name in self.known else "never queued"
+            self.report(f"trial {trial.number} ({name}): resumed: {RESUMED.get(state, state)}")
 
     def run(self, total: int) -> None:
         started = bool(self.pending)
@@ -106,7 +111,7 @@ class Driver:
         self.pending[trial.number] = name
 
     def refresh(self) -> None:
-        self.known = experiments.by_name(experiments.exp_show())
+        self.known = listing()
 
     def wait(self) -> None:
         self.known = wait_for_change()
@@ -151,7 +156,12 @@ def wait_for_change() -> dict[str, Experiment]:
     before, deadline = _fingerprint(), time.monotonic() + REFRESH_S
     while _fingerprint() == before and time.monotonic() < deadline:
         time.sleep(POLL_S)
-    return experiments.by_name(experiments.exp_show())
+    return listing()
+
+
+def listing() -> dict[str, Experiment]:
+    """HEAD's experiments by name, waiting out DVC's passing failures while its workers run."""
+    return experiments.by_name(experiments.exp_show(patience_s=PATIENCE_S))
 
 
 def _fingerprint() -> tuple:
