@@ -17,7 +17,7 @@ import pytest
 import yaml
 from optuna import distributions
 
-from conftest import BIN_DIR, ROOT, TINY, keep_models, ok, start_cmd, tiny_repo
+from conftest import BIN_DIR, ROOT, TINY, keep_models, ok, run_cmd, start_cmd, tiny_repo
 from src.errors import UserError
 from src.tuning.space import load_space
 
@@ -119,7 +119,7 @@ def test_a_failed_trial_is_recorded_with_its_log_hint_and_the_sweep_goes_on(repo
     md5 = repo.params()["data"]["md5"]
     name = write_space(repo, "md5s", f"objective: resnet18\nval_size: {VAL_SIZE}\n"
                                      f"space:\n  data.md5: {{values: ['{md5}', '{'0' * 32}']}}\n")
-    result = ok(sweep(repo, name, "--sampler", "grid", "--json"))
+    result = ok(sweep(repo, name, "--sampler", "grid", "--jobs", "2", "--json"))
     report = json.loads(result.stdout)
     by_md5 = {t["params"]["data.md5"]: t for t in report["trials"]}
     failed, good = by_md5["0" * 32], by_md5[md5]
@@ -140,8 +140,9 @@ def wait_until_queue_idle(repo, timeout: float = 600) -> None:
 
 def test_random_sweep_resumes_after_kill_9_and_final_scores_the_test_split_once(repo):
     space = write_space(repo, "lr", SPACE)
-    driver = start_cmd([sys.executable, "-m", "src.sweep", space, "--trials", "4", "--sampler", "random"],
-                       cwd=repo.root, env=repo.env)
+    # Two at a time: the kill comes once two trials have finished, with the other two queued.
+    driver = start_cmd([sys.executable, "-m", "src.sweep", space, "--trials", "4", "--sampler", "random",
+                        "--jobs", "2"], cwd=repo.root, env=repo.env)
     finished, output = 0, []
     deadline = time.monotonic() + 600
     while finished < 2:
@@ -153,9 +154,9 @@ def test_random_sweep_resumes_after_kill_9_and_final_scores_the_test_split_once(
     driver.wait(30)
     wait_until_queue_idle(repo)  # the trials it left queued finish while no driver runs
 
-    result = ok(sweep(repo, space, "--trials", "4", "--sampler", "random", "--final", "--json"))
+    result = ok(sweep(repo, space, "--trials", "4", "--sampler", "random", "--jobs", "2", "--final", "--json"))
     report = json.loads(result.stdout)
-    # It took up what the dead driver left: the trial it had queued ahead finished meanwhile.
+    # It took up what the dead driver left: the trials it had queued ahead finished meanwhile.
     assert "resumed: it finished while no driver ran" in result.stderr, result.stderr
     trials = report["trials"]
     names = sorted(t["experiment"] for t in trials)
@@ -186,7 +187,8 @@ def test_random_sweep_resumes_after_kill_9_and_final_scores_the_test_split_once(
     metrics = exp_json(repo, refs["lr-final"], "metrics/resnet18.json")
     assert "val" not in metrics and final["test"]["resnet18"]["top1"] == metrics["top1"]
     # The README's view of the trials: each one, with its val top-1, best first.
-    shown = ok(repo.run(BIN_DIR / "dvc", *shlex.split(readme_command("dvc exp show"))[1:], "--no-pager")).stdout
+    shown = ok(run_cmd([BIN_DIR / "dvc", *shlex.split(readme_command("dvc exp show"))[1:], "--no-pager"], repo.root,
+                       env={**repo.env, "COLUMNS": "300"})).stdout  # one model: its files' keys are columns too
     rows = [line for line in shown.splitlines() if "[lr-t" in line]
     assert "resnet18.val.top1" in shown and len(rows) == 4, shown
     assert f"[{best['experiment']}]" in rows[0] and f" {best['value']:g} " in rows[0], shown
