@@ -114,11 +114,9 @@ def cifar_archive(tmp_path_factory) -> Archive:
     return Archive(path, md5, entries, seconds)
 
 
-# The files that run whole pipelines, longest first, go ahead of the rest: pytest-xdist hands out
-# whole files (--dist loadfile) in collection order, and a long file handed out last would run on
-# alone at the end while the other process idles (longest first keeps both busy).
-LONG_FILES = ("test_sweep.py", "test_distributed.py", "test_dvc_train.py", "test_pipeline_e2e.py",
-              "test_queue.py", "test_remote.py", "test_add_model.py", "test_compare.py")
+# The two longest files go ahead of the rest: pytest-xdist hands out whole files (--dist loadfile)
+# in collection order, and test_sweep.py, handed out near the end, ran on alone after the rest.
+LONG_FILES = ("test_sweep.py", "test_distributed.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -33,6 +33,10 @@ def repo(tmp_path_factory, cifar_archive, http_server):
     project = tiny_repo(tmp_path_factory.mktemp("sweep") / "project", cifar_archive, http_server)
     project.set_params(LEARNS)
     keep_models(project, ["resnet18"])
+    # Nor the report: a sweep reads metrics only, and each trial then runs in seconds less.
+    pipeline = yaml.safe_load((project.root / "dvc.yaml").read_text())
+    del pipeline["stages"]["report"]
+    (project.root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     ok(project.dvc("repro", "augment"))
     project.git("add", "-A")
     ok(project.git("commit", "-q", "-m", "baseline: one model"))
@@ -116,25 +120,28 @@ def test_space_forms_become_optuna_distributions(tmp_path):
 # ------------------------------------------------------------------ a failed trial
 
 def test_a_failed_trial_is_recorded_with_its_log_hint_and_the_sweep_goes_on(repo):
-    md5 = repo.params()["data"]["md5"]
+    # Two archive md5s that do not match: each trial fails at download, in seconds.
     name = write_space(repo, "md5s", f"objective: resnet18\nval_size: {VAL_SIZE}\n"
-                                     f"space:\n  data.md5: {{values: ['{md5}', '{'0' * 32}']}}\n")
-    result = ok(sweep(repo, name, "--sampler", "grid", "--jobs", "2", "--json"))
+                                     f"space:\n  data.md5: {{values: ['{'0' * 32}', '{'1' * 32}']}}\n")
+    result = ok(sweep(repo, name, "--sampler", "grid", "--json"))
     report = json.loads(result.stdout)
-    by_md5 = {t["params"]["data.md5"]: t for t in report["trials"]}
-    failed, good = by_md5["0" * 32], by_md5[md5]
-    assert failed["state"] == "failed" and f"dvc queue logs {failed['experiment']}" in failed["failure"]
-    assert "md5" in ok(repo.dvc("queue", "logs", failed["experiment"])).stdout
-    assert good["state"] == "complete" and report["best"]["experiment"] == good["experiment"]
-    assert good["value"] == exp_json(repo, exp_refs(repo)[good["experiment"]], "metrics/resnet18.json")["val"]["top1"]
+    assert len(report["trials"]) == 2 and report["best"] is None, report  # the first failure did not stop it
+    for trial in report["trials"]:
+        assert trial["state"] == "failed" and f"dvc queue logs {trial['experiment']}" in trial["failure"], trial
+        assert "md5" in ok(repo.dvc("queue", "logs", trial["experiment"])).stdout
+    assert "no trial finished" in result.stderr
 
 
 # ------------------------------------------------------------------ a sweep killed and resumed, then --final
 
 def wait_until_queue_idle(repo, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
-    while any(word in ok(repo.dvc("queue", "status")).stdout for word in ("Queued", "Running")):
-        assert time.monotonic() < deadline
+    while True:
+        status = repo.dvc("queue", "status")
+        # It fails now and then while a worker writes a task's files ("Expecting value"): ask again.
+        if status.returncode == 0 and not any(word in status.stdout for word in ("Queued", "Running")):
+            return
+        assert time.monotonic() < deadline, status.stdout + status.stderr
         time.sleep(3)
 
 
@@ -163,6 +170,7 @@ def test_random_sweep_resumes_after_kill_9_and_final_scores_the_test_split_once(
     assert names == [f"lr-t{n}" for n in range(4)] and all(t["state"] == "complete" for t in trials), trials
     refs = exp_refs(repo)
     # None ran twice: each trial is one task of DVC's queue, and one experiment.
+    wait_until_queue_idle(repo)
     status = ok(repo.dvc("queue", "status")).stdout
     assert [status.count(f" {name} ") for name in names] == [1] * 4, status
     assert sorted(n for n in refs if n.startswith("lr-t")) == names
