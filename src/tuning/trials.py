@@ -44,14 +44,15 @@ def objective(space: Space, experiment: Experiment, models: list[str]) -> float 
     """The trial's value (val top-1, %), or why there is none."""
     values = []
     for model in space.models(models):
-        val = experiments_val(experiment, model)
+        val = val_top1(experiment, model)
         if val is None:
             return f"its metrics/{model}.json has no val.top1 (was data.val_size set?)"
         values.append(val)
     return sum(values) / len(values)
 
 
-def experiments_val(experiment: Experiment, model: str) -> float | None:
+def val_top1(experiment: Experiment, model: str) -> float | None:
+    """`val.top1` of `model` in the experiment's metrics, or None."""
     value = (experiment.metrics.get(f"metrics/{model}.json") or {}).get("val", {}).get("top1")
     return float(value) if isinstance(value, (int, float)) else None
 
