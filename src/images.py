@@ -29,6 +29,8 @@ def load_image(path: str | Path) -> np.ndarray:
     square is resized to 32x32; a 32x32 image is used as it is. Raises ImageError.
     """
     try:
+        if Path(path).stat().st_size == 0:  # Pillow would call it "not an image"
+            raise ImageError("empty file (0 bytes)")
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its limit; _check_size refuses those too.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 import socket
 import socketserver
 import subprocess
@@ -21,11 +24,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import httpx
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
+from PIL import Image
 
 from conftest import MODELS, command_env, ok
 from inference_project import PARTIAL_MODEL, classify, partial_project, save_pngs, split_images, trained_project
+from src import classifier, model_file
+from src.serving import Batcher, Limits, Stats
 
 START_TIMEOUT = 120  # seconds for the server to answer; it starts in about 10 on two busy cores
 BROWSER_TIMEOUT = 60
@@ -81,34 +89,60 @@ def local_get(url: str, timeout: float = 5) -> bytes:
         return response.read()
 
 
-@contextmanager
-def app_server(project, folder: Path, outbound: OutboundRecorder) -> Iterator[str]:
-    """`python app.py --port N` in the project; yields its URL once it answers, always stops it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    port, log = free_port(), folder / "app.log"
-    env = {**project.env, **outbound.env(), "TMPDIR": str(folder), "GRADIO_TEMP_DIR": str(folder / "gradio")}
-    with log.open("w") as output:
-        process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=project.root,
-                                   env=command_env(env), stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
+class AppServer:
+    """`python app.py --port N ARGS` running in a project; `stop()` ends it as a service manager would."""
+
+    def __init__(self, project, folder: Path, outbound: OutboundRecorder, *args: str, cwd: Path | None = None):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.log, port = folder, folder / "app.log", free_port()
+        self.temp = folder / "gradio"  # GRADIO_TEMP_DIR: the app makes its run's folder in it
+        env = {**project.env, **outbound.env(), "TMPDIR": str(folder), "GRADIO_TEMP_DIR": str(self.temp)}
+        with self.log.open("w") as output:
+            self.process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args],
+                                            cwd=cwd or project.root, env=command_env(env), stdout=output,
+                                            stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{port}/"
+
+    def wait_until_up(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            assert process.poll() is None, f"app.py exited with {process.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no answer in {START_TIMEOUT} s:\n{log.read_text()[-3000:]}"
+            assert self.process.poll() is None, f"app.py exited with {self.process.returncode}:\n{self.output()}"
+            assert time.monotonic() < deadline, f"no answer in {START_TIMEOUT} s:\n{self.output()}"
             try:
-                local_get(url, timeout=2)
-                break
+                local_get(self.url, timeout=2)
+                return
             except OSError:
                 time.sleep(0.25)
-        yield url
+
+    def output(self) -> str:
+        return self.log.read_text()[-3000:]
+
+    def files(self) -> list[Path]:
+        """Every file under the app's temporary folder."""
+        return sorted(p for p in self.temp.rglob("*") if p.is_file())
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status (SIGKILL after 15 s)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@contextmanager
+def app_server(project, folder: Path, outbound: OutboundRecorder, *args: str, cwd: Path | None = None
+               ) -> Iterator[AppServer]:
+    """`python app.py --port N ARGS` in the project (or `cwd`); yields it once it answers, always stops it."""
+    app = AppServer(project, folder, outbound, *args, cwd=cwd)
+    try:
+        app.wait_until_up()
+        yield app
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        app.stop()
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +150,20 @@ def project(tmp_path_factory, downloaded):
     return trained_project(tmp_path_factory, downloaded)
 
 
+# The module's server: a 1 MB (2**20 bytes) upload limit keeps the over-limit file small; a 30 ms batch wait
+# gathers concurrent requests without slowing the others much.
+SERVER_ARGS = ("--max-file-size", "1", "--batch-wait-ms", "30")
+
+
 @pytest.fixture(scope="module")
-def server(project, tmp_path_factory, outbound):
-    with app_server(project, tmp_path_factory.mktemp("app"), outbound) as url:
-        yield url
+def app(project, tmp_path_factory, outbound):
+    with app_server(project, tmp_path_factory.mktemp("app"), outbound, *SERVER_ARGS) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(app) -> str:
+    return app.url
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +213,94 @@ def test_the_page_shows_metrics_params_and_examples(server, project):
     assert truths[0] == classes[labels[0]]  # the first test image, with its true class
 
 
+# --------------------------------------------------------------------------- hostile uploads, limits
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height RGB pixels (a decompression bomb's header) and holds none."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def bad_files(image, tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """{kind: (file, the app's message for it after "<name>: ")}."""
+    folder = tmp_path_factory.mktemp("bad")
+    photo = folder / "photo.jpg"
+    Image.open(image).resize((320, 240)).save(photo, quality=90)
+    files = {"not an image": ("notes.jpg", b"these are notes, not a JPEG\n",
+                              "not an image (Pillow recognises no image format in it)"),
+             "empty": ("empty.png", b"", "empty file (0 bytes)"),
+             "truncated": ("cut.jpg", photo.read_bytes()[:photo.stat().st_size // 2], "truncated or corrupt image"),
+             "bomb": ("huge.png", png_header(20000, 20000), "refused as a possible decompression bomb")}
+    written = {}
+    for kind, (name, data, message) in files.items():
+        (folder / name).write_bytes(data)
+        written[kind] = (folder / name, message)
+    return written
+
+
+@pytest.mark.parametrize("kind", ["not an image", "empty", "truncated", "bomb"])
+def test_a_bad_file_gets_one_message_naming_it_and_the_server_keeps_serving(app, bad_files, image, kind):
+    path, message = bad_files[kind]
+    client = Client(app.url, verbose=False)
+    with pytest.raises(Exception) as refused:
+        client.predict(handle_file(str(path)), "resnet18", api_name="/classify")
+    text = str(refused.value)
+    assert text.startswith(f"{path.name}: {message}"), text  # the app's words, not Pillow's raw error
+    assert "\n" not in text and "/" not in text, f"one line, no server path: {text}"
+    assert len(label_top5(client.predict(handle_file(str(image)), "resnet18", api_name="/classify"))) == 5
+
+
+def test_an_upload_over_the_limit_is_refused_before_it_is_stored(app, image, tmp_path):
+    big = tmp_path / "big.jpg"  # over the server's 1 MB
+    big.write_bytes(np.random.default_rng(0).bytes(1_200_000))
+    with pytest.raises(ValueError, match=r"big\.jpg exceeds the maximum file size of 1048576 bytes"):
+        Client(app.url, verbose=False).predict(handle_file(str(big)), "resnet18", api_name="/classify")
+    # A client that does not check first (curl, a script): Gradio stops reading at the limit.
+    with big.open("rb") as data:
+        response = httpx.post(app.url + "gradio_api/upload", files=[("files", ("big.jpg", data))], timeout=30)
+    assert response.status_code == 413 and "maximum allowed size of 1048576 bytes" in response.text
+    assert not [p for p in app.files() if p.name == "big.jpg"]
+    assert len(label_top5(Client(app.url, verbose=False).predict(handle_file(str(image)), "resnet18",
+                                                                   api_name="/classify"))) == 5
+
+
+def test_an_upload_is_deleted_once_served(app, image, tmp_path):
+    upload = tmp_path / "served-once.png"
+    shutil.copyfile(image, upload)
+    value = Client(app.url, verbose=False).predict(handle_file(str(upload)), "resnet18", api_name="/classify")
+    assert len(label_top5(value)) == 5
+    assert not [p for p in app.files() if p.name == upload.name], "the upload is still on the server's disk"
+
+
+# --------------------------------------------------------------------------- batched inference
+
+def test_concurrent_requests_get_the_probabilities_of_one_at_a_time(app, project, tmp_path):
+    paths = save_pngs(split_images(project)[0][20:28], tmp_path)  # 8 images, classified at once
+    command = {Path(entry["path"]).name: entry["predictions"]
+               for entry in json.loads(ok(classify(project, tmp_path, "--model", "resnet18", "--json")).stdout)}
+    client = Client(app.url, verbose=False)
+    jobs = [client.submit(handle_file(str(path)), "resnet18", api_name="/classify") for path in paths]
+    for path, job in zip(paths, jobs):
+        value = job.result(timeout=120)
+        assert [label for label, _ in label_top5(value)] == [row["class"] for row in command[path.name]]
+        assert [p for _, p in label_top5(value)] == pytest.approx(
+            [row["probability"] for row in command[path.name]], abs=1e-5)
+
+
+def test_the_batcher_classifies_images_together_as_each_alone(project):
+    model = classifier.load_classifier(model_file.path_of("resnet18", project.root), classifier.inference_runtime("cpu"))
+    pixels = split_images(project)[0][:24]
+    batcher = Batcher(max_batch_size=8, wait_ms=500, stats=(stats := Stats()))
+    with ThreadPoolExecutor(len(pixels)) as pool:  # 24 requests at once
+        batched = list(pool.map(lambda image: batcher.probabilities(model, image), pixels))
+    alone = [model.probabilities(image[None])[0] for image in pixels]
+    np.testing.assert_allclose(np.stack(batched), np.stack(alone), atol=1e-5, rtol=0)
+    assert stats.images == 24 and 3 <= stats.batches < 24, stats  # together, at most 8 at a time
+
+
 # --------------------------------------------------------------------------- a browser
 
 @pytest.fixture
@@ -201,7 +333,7 @@ def shown_top5(driver, element_id: str) -> list[tuple[str, str]]:
              row.find_element(By.CSS_SELECTOR, ".confidence").text) for row in rows]
 
 
-def test_a_browser_uploads_an_image_and_reads_five_labels(server, browser, image, tmp_path):
+def test_a_browser_uploads_an_image_and_reads_five_labels(app, server, browser, image, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     wait = WebDriverWait(browser, BROWSER_TIMEOUT)
@@ -214,8 +346,13 @@ def test_a_browser_uploads_an_image_and_reads_five_labels(server, browser, image
     rows = shown_top5(browser, "top5")
     assert [name for name, _ in rows] == [label for label, _ in label_top5(expected)]
     assert all(text.endswith("%") for _, text in rows)
+    preview = browser.find_element(By.CSS_SELECTOR, "#image img")
+    assert browser.execute_script("return arguments[0].naturalWidth", preview) == 32  # the upload is shown
+    assert not [p for p in app.files() if p.name == image.name and "examples" not in p.parts], \
+        "the page's upload is still on the server's disk"
 
-    browser.find_element(By.CSS_SELECTOR, "#compare input[type=checkbox]").click()  # all models side by side
+    # All models side by side: the page sends the same upload again, deleted from disk by now.
+    browser.find_element(By.CSS_SELECTOR, "#compare input[type=checkbox]").click()
     wait.until(lambda d: all(len(shown_top5(d, f"top5-{name}")) == 5 for name in MODELS))
     browser.execute_script("window.scrollTo(0, 0)")
     screenshot = tmp_path / "app.png"
@@ -230,14 +367,33 @@ def test_a_browser_uploads_an_image_and_reads_five_labels(server, browser, image
     assert outside == [], f"the page loaded resources from outside the server: {outside}"
 
 
+def test_the_page_shows_a_bad_file_or_one_over_the_limit_in_a_line(app, browser, bad_files, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    wait = WebDriverWait(browser, BROWSER_TIMEOUT)
+    browser.get(app.url)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
+    notes, message = bad_files["not an image"]
+    browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(notes))
+    wait.until(lambda d: f"{notes.name}: {message}" in d.find_element(By.TAG_NAME, "body").text)
+    big = tmp_path / "big.jpg"
+    big.write_bytes(np.random.default_rng(0).bytes(1_200_000))
+    browser.refresh()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
+    browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(big))
+    wait.until(lambda d: "big.jpg" in d.find_element(By.TAG_NAME, "body").text)
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert 'File(s) exceed the maximum allowed size of 1 Mb: "big.jpg"' in text and str(app.temp) not in text, text
+
+
 # --------------------------------------------------------------------------- some models missing
 
 def test_with_only_some_models_trained_the_app_serves_them_and_says_how_to_get_the_others(
         project, tmp_path_factory, outbound, image):
     partial = partial_project(tmp_path_factory, project)
-    with app_server(partial, tmp_path_factory.mktemp("partial-app"), outbound) as url:
-        config = json.loads(local_get(url + "config"))
-        client = Client(url, verbose=False)
+    with app_server(partial, tmp_path_factory.mktemp("partial-app"), outbound) as running:
+        config = json.loads(local_get(running.url + "config"))
+        client = Client(running.url, verbose=False)
         value = client.predict(handle_file(str(image)), PARTIAL_MODEL, api_name="/classify")
     texts = " ".join(str(c["props"].get("value")) for c in config["components"] if c.get("type") == "markdown")
     for name in set(MODELS) - {PARTIAL_MODEL}:
