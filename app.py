@@ -67,6 +67,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve(parse_args())
+    except KeyboardInterrupt:  # while it was starting (once started, Gradio itself stops on it)
+        print("stopped", flush=True)
     finally:
         shutil.rmtree(RUN_FOLDER, ignore_errors=True)
 

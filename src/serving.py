@@ -51,11 +51,11 @@ class Limits:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Limits":
         limits = cls(**{spec.name: getattr(args, spec.name) for spec in fields(cls)})
-        wrong = [spec.name for spec in fields(cls) if not getattr(limits, spec.name) > 0]
-        wrong += ["batch_wait_ms"] if limits.batch_wait_ms > 1000 else []
+        wrong = [spec.name for spec in fields(cls)
+                 if getattr(limits, spec.name) < 0 or getattr(limits, spec.name) == 0 and spec.name != "batch_wait_ms"]
         if wrong:
             raise ValueError(", ".join(f"--{name.replace('_', '-')} {getattr(limits, name):g}" for name in wrong)
-                             + ": must be above 0 (and --batch-wait-ms at most 1000)")
+                             + ": must be above 0 (--batch-wait-ms: 0 or more)")
         return limits
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import zlib
@@ -383,18 +384,26 @@ def test_the_page_shows_a_bad_file_or_one_over_the_limit_in_a_line(app, browser,
     browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(big))
     wait.until(lambda d: "big.jpg" in d.find_element(By.TAG_NAME, "body").text)
     text = browser.find_element(By.TAG_NAME, "body").text
-    assert 'File(s) exceed the maximum allowed size of 1 Mb: "big.jpg"' in text and str(app.temp) not in text, text
+    assert 'File(s) exceed the maximum allowed size of 1.0 Mb: "big.jpg"' in text and str(app.temp) not in text, text
 
 
 # --------------------------------------------------------------------------- some models missing
 
-def test_with_only_some_models_trained_the_app_serves_them_and_says_how_to_get_the_others(
-        project, tmp_path_factory, outbound, image):
+# The partial project's server: one handler, one waiting request, and a batch wait that holds
+# the handler for 2 s (a second image never comes), so a third request finds the queue full.
+QUEUE_ARGS = ("--concurrency", "1", "--queue-size", "1", "--max-batch-size", "2", "--batch-wait-ms", "2000")
+
+
+@pytest.fixture(scope="module")
+def partial_app(project, tmp_path_factory, outbound):
     partial = partial_project(tmp_path_factory, project)
-    with app_server(partial, tmp_path_factory.mktemp("partial-app"), outbound) as running:
-        config = json.loads(local_get(running.url + "config"))
-        client = Client(running.url, verbose=False)
-        value = client.predict(handle_file(str(image)), PARTIAL_MODEL, api_name="/classify")
+    with app_server(partial, tmp_path_factory.mktemp("partial-app"), outbound, *QUEUE_ARGS) as running:
+        yield running
+
+
+def test_with_only_some_models_trained_the_app_serves_them_and_says_how_to_get_the_others(partial_app, image):
+    config = json.loads(local_get(partial_app.url + "config"))
+    value = Client(partial_app.url, verbose=False).predict(handle_file(str(image)), PARTIAL_MODEL, api_name="/classify")
     texts = " ".join(str(c["props"].get("value")) for c in config["components"] if c.get("type") == "markdown")
     for name in set(MODELS) - {PARTIAL_MODEL}:
         assert (f"| {name} | not trained: train it with `dvc repro train-{name}`, or fetch the trained model "
@@ -404,8 +413,33 @@ def test_with_only_some_models_trained_the_app_serves_them_and_says_how_to_get_t
     assert [choice[0] for choice in dropdown["props"]["choices"]] == [PARTIAL_MODEL]
     assert not any(c.get("type") == "dataset" for c in config["components"])  # no test split here: no examples
     assert len(label_top5(value)) == 5
+    assert config["max_file_size"] == 10 * 2**20 == Limits().max_file_bytes  # the default limit, 10 MB
+
+
+def test_a_full_queue_refuses_at_once_and_the_server_keeps_serving(partial_app, image):
+    client = Client(partial_app.url, verbose=False)
+    first = client.submit(handle_file(str(image)), PARTIAL_MODEL, api_name="/classify")  # holds the handler 2 s
+    time.sleep(0.5)
+    waiting = client.submit(handle_file(str(image)), PARTIAL_MODEL, api_name="/classify")  # the one queue place
+    time.sleep(0.3)
+    start = time.monotonic()
+    with pytest.raises(Exception, match="Queue is full"):
+        client.predict(handle_file(str(image)), PARTIAL_MODEL, api_name="/classify")
+    assert time.monotonic() - start < 1.5  # refused, not kept waiting
+    assert len(label_top5(first.result(timeout=60))) == 5 and len(label_top5(waiting.result(timeout=60))) == 5
+    assert len(label_top5(client.predict(handle_file(str(image)), PARTIAL_MODEL, api_name="/classify"))) == 5
 
 
 def test_nothing_left_the_machine(server, outbound):
-    """Last: every server of this module ran with its proxies pointing at the recorder."""
+    """Every server of this module ran with its proxies pointing at the recorder."""
     assert outbound.requests == []
+
+
+def test_on_exit_the_app_says_where_the_time_went_and_leaves_no_file(app):
+    """Last: stops the module's server as a service manager does (SIGTERM)."""
+    assert app.stop() == 0, app.output()
+    assert list(app.temp.iterdir()) == [], "uploads or examples left after the app exited"
+    served = re.search(r"served (\d+) requests: .* (\d+) images in (\d+) forward passes", app.output())
+    assert served, app.output()
+    images, passes = int(served[2]), int(served[3])
+    assert int(served[1]) >= 16 and passes < images, served[0]  # some concurrent requests shared a pass
