@@ -209,36 +209,11 @@ def models_table(root: Path, models: dict[str, classifier.Classifier], missing: 
     rows = ["| model | test top-1 (95% interval) | trained with |", "|---|---|---|"]
     for name in classifier.model_names(root):
         if name in models:
-            rows.append(f"| {name} | {top1_text(classifier.test_metrics(name, root))} | "
-                        f"{trained_with(models[name].trained_with)} |")
+            rows.append(f"| {name} | {classifier.score_text(classifier.test_metrics(name, root))} | "
+                        f"{classifier.trained_with_text(models[name].trained_with)} |")
         else:
             rows.append(f"| {name} | {missing[name]} | |")
     return "\n".join(rows)
-
-
-def top1_text(metrics: dict | None) -> str:
-    if metrics is None:
-        return "not evaluated yet: `dvc repro evaluate`"
-    text = f"{metrics['top1']:.2f}%"
-    low, high = metrics.get("top1_low"), metrics.get("top1_high")
-    if isinstance(low, (int, float)) and isinstance(high, (int, float)):
-        text += f" ({low:.2f}-{high:.2f})"
-    return text
-
-
-def trained_with(params: dict) -> str:
-    """The training params stored in the model file, in a line."""
-    recipe, train = params.get("recipe") or {}, params.get("train") or {}
-    parts = [f"{label} {params[key]:g}" for key, label in
-             (("epochs", "epochs"), ("lr", "lr"), ("batch_size", "batch"), ("width", "width"), ("seed", "seed"))
-             if isinstance(params.get(key), (int, float))]
-    parts += [f"{key.replace('_alpha', '')} {recipe[key]:g}" for key in ("mixup_alpha", "cutmix_alpha")
-              if recipe.get(key)]
-    autoaugment = recipe.get("autoaugment")  # a probability (a flag in older model files)
-    parts += [f"AutoAugment {autoaugment:g}" if not isinstance(autoaugment, bool) else "AutoAugment"] \
-        if autoaugment else []
-    parts += [f"EMA {train['ema_decay']:g}"] if train.get("ema_decay") else []
-    return ", ".join(parts) or "(no params in the model file)"
 
 
 def example_images(root: Path, classes: list[str], folder: Path) -> list[list[str]]:

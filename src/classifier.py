@@ -108,3 +108,29 @@ def default_model(root: Path = Path(".")) -> tuple[str, str]:
         return best, f"the best test top-1 in metrics/summary.json ({scores[best]:.2f}%)"
     return trained[0], ("no test metrics in metrics/summary.json (run `dvc repro evaluate`): the first "
                         "trained model found")
+
+
+def score_text(metrics: dict | None, key: str = "top1") -> str:
+    """"78.12% (77.31-78.95)": a test score of metrics/<name>.json with its 95% interval."""
+    if metrics is None:
+        return "not evaluated yet: `dvc repro evaluate`"
+    text = f"{metrics[key]:.2f}%"
+    low, high = metrics.get(f"{key}_low"), metrics.get(f"{key}_high")
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)):
+        text += f" ({low:.2f}-{high:.2f})"
+    return text
+
+
+def trained_with_text(params: dict) -> str:
+    """The training params stored in the model file, in a line."""
+    recipe, train = params.get("recipe") or {}, params.get("train") or {}
+    parts = [f"{label} {params[key]:g}" for key, label in
+             (("epochs", "epochs"), ("lr", "lr"), ("batch_size", "batch"), ("width", "width"), ("seed", "seed"))
+             if isinstance(params.get(key), (int, float))]
+    parts += [f"{key.replace('_alpha', '')} {recipe[key]:g}" for key in ("mixup_alpha", "cutmix_alpha")
+              if recipe.get(key)]
+    autoaugment = recipe.get("autoaugment")  # a probability (a flag in older model files)
+    parts += [f"AutoAugment {autoaugment:g}" if not isinstance(autoaugment, bool) else "AutoAugment"] \
+        if autoaugment else []
+    parts += [f"EMA {train['ema_decay']:g}"] if train.get("ema_decay") else []
+    return ", ".join(parts) or "(no params in the model file)"

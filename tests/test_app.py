@@ -28,11 +28,13 @@ from typing import Iterator
 import httpx
 import numpy as np
 import pytest
+import yaml
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from conftest import MODELS, command_env, ok
-from inference_project import PARTIAL_MODEL, classify, partial_project, save_pngs, split_images, trained_project
+from conftest import MODELS, ROOT, Project, command_env, copy_working_tree, ok
+from inference_project import (PARTIAL_MODEL, classify, partial_project, save_pngs, split_images, trained_project,
+                               write_untrained_like)
 from src import classifier, model_file
 from src.serving import Batcher, Limits, Stats
 
@@ -428,6 +430,82 @@ def test_a_full_queue_refuses_at_once_and_the_server_keeps_serving(partial_app, 
     assert time.monotonic() - start < 1.5  # refused, not kept waiting
     assert len(label_top5(first.result(timeout=60))) == 5 and len(label_top5(waiting.result(timeout=60))) == 5
     assert len(label_top5(client.predict(handle_file(str(image)), PARTIAL_MODEL, api_name="/classify"))) == 5
+
+
+# --------------------------------------------------------------------------- a Space
+
+def link_tree(source: Path, dest: Path) -> None:
+    shutil.copytree(source, dest, copy_function=os.link, dirs_exist_ok=True)  # stages only read them
+
+
+@pytest.fixture(scope="module")
+def committed(project, tmp_path_factory) -> Project:
+    """A git copy holding the trained project's outputs, recorded in dvc.lock by `dvc commit` (as
+    after `dvc repro`): the metrics are tied to the model files as a real run ties them."""
+    copy = copy_working_tree(tmp_path_factory.mktemp("committed") / "project", git=True)
+    copy.env.update(project.env, DVC_SITE_CACHE_DIR=copy.env["DVC_SITE_CACHE_DIR"])
+    shutil.copyfile(project.root / "params.yaml", copy.root / "params.yaml")
+    for folder in ("models", "metrics", "evaluation", "data/prepared", "plots/confusion", "plots/reliability",
+                   "plots/per_class", "plots/predictions"):
+        shutil.rmtree(copy.root / folder, ignore_errors=True)
+        link_tree(project.root / folder, copy.root / folder)
+    ok(copy.dvc("commit", "--force", "evaluate"))
+    return copy
+
+
+def space(project: Project, out: Path):
+    return project.run(sys.executable, "-m", "src.space", out, timeout=120)
+
+
+def test_a_space_runs_alone_and_gives_what_the_command_gives(committed, project, image, outbound, tmp_path):
+    ok(space(committed, tmp_path / "built"))
+    elsewhere = tmp_path / "elsewhere" / "space"  # the folder alone, far from the repository
+    shutil.copytree(tmp_path / "built", elsewhere)
+    files = {p.relative_to(elsewhere).as_posix() for p in elsewhere.rglob("*") if p.is_file()}
+    assert {"app.py", "README.md", "requirements.txt", "src/serving.py", "src/images.py",
+            "data/prepared/test.npz", "metrics/summary.json"} <= files
+    assert {f"models/{name}.pt" for name in MODELS} | {f"metrics/{name}.json" for name in MODELS} <= files
+    assert not [f for f in files if f.startswith(("stages/", "tests/", "src/evaluate/", "src/train/"))
+                or f in ("params.yaml", "dvc.yaml", "dvc.lock", "src/space.py", "src/classify.py")], files
+    command = json.loads(ok(classify(project, image, "--model", "resnet50", "--json")).stdout)[0]["predictions"]
+    with app_server(project, tmp_path / "space-app", outbound, cwd=elsewhere) as running:
+        value = Client(running.url, verbose=False).predict(handle_file(str(image)), "resnet50", api_name="/classify")
+        config = json.loads(local_get(running.url + "config"))
+    assert [label for label, _ in label_top5(value)] == [row["class"] for row in command]
+    assert [p for _, p in label_top5(value)] == pytest.approx([row["probability"] for row in command], abs=1e-6)
+    assert sum(len(c["props"]["samples"]) for c in config["components"] if c.get("type") == "dataset") == 8
+
+    readme = (elsewhere / "README.md").read_text()
+    front = yaml.safe_load(readme.split("---")[1])
+    gradio_pin = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("gradio=="))
+    assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and f"gradio=={front['sdk_version']}" == gradio_pin
+    requirements = (elsewhere / "requirements.txt").read_text().splitlines()
+    assert gradio_pin in requirements and any(line.startswith("torch==") and line.endswith("+cpu") for line in requirements)
+    assert "pyyaml==" in " ".join(requirements) and "pillow==" in " ".join(requirements)
+    for name in MODELS:
+        metrics = json.loads((project.root / f"metrics/{name}.json").read_text())
+        assert (f"| {name} | {metrics['top1']:.2f}% ({metrics['top1_low']:.2f}-{metrics['top1_high']:.2f}) | "
+                f"{metrics['top5']:.2f}% ({metrics['top5_low']:.2f}-{metrics['top5_high']:.2f}) | "
+                "epochs 1, lr 0.1, batch 100, width 2") in readme
+    lock = yaml.safe_load((committed.root / "dvc.lock").read_text())["stages"]["evaluate"]
+    data = next(dep["md5"] for dep in lock["deps"] if dep["path"] == "data/prepared")
+    head = ok(committed.git("rev-parse", "HEAD")).stdout.strip()
+    assert f"`{data}`" in readme and head in readme and "CIFAR-100 (Alex Krizhevsky" in readme
+    assert "32x32" in readme  # the limits of such models
+
+
+def test_a_space_is_refused_in_a_line_without_models_or_when_metrics_do_not_match_them(committed, tmp_path):
+    bare = copy_working_tree(tmp_path / "bare", git=False)
+    refused = space(bare, tmp_path / "out")
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        "ERROR: no trained model in models/: train them with `dvc repro` (or fetch them with `dvc pull`), "
+        "then run `python -m src.space OUT` again"]
+    write_untrained_like(committed.root / "models" / "resnet18.pt", ["resnet34"])  # other weights than scored
+    refused = space(committed, tmp_path / "out")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and len(lines) == 1, refused.stderr
+    assert lines[0].startswith("ERROR: metrics/ do not match models/resnet34.pt") and "dvc repro evaluate" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_nothing_left_the_machine(server, outbound):
