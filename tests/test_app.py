@@ -4,6 +4,12 @@ through gradio_client and driven in a real browser (Debian's chromium and chrome
 The server runs as `python app.py --port N` in project copies with tiny models (see
 tests/inference_project.py), with every HTTP(S) proxy variable pointing at a loopback
 listener that records what would have left the machine: nothing may.
+
+As a service: each kind of bad upload gets the app's one-line message over the API and in the
+page, the upload limit, the queue bound, uploads deleted once served and the run's folder on
+exit, concurrent requests batched with the probabilities of one at a time. As a Space:
+`python -m src.space OUT` in a copy whose dvc.lock `dvc commit` wrote, then OUT copied alone
+elsewhere and its app started there, out of the repository's reach.
 """
 from __future__ import annotations
 
@@ -11,16 +17,16 @@ import json
 import os
 import re
 import shutil
-import struct
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 import socket
 import socketserver
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -35,7 +41,8 @@ from PIL import Image
 from conftest import MODELS, ROOT, Project, command_env, copy_working_tree, ok
 from inference_project import (PARTIAL_MODEL, classify, partial_project, save_pngs, split_images, trained_project,
                                write_untrained_like)
-from src import classifier, model_file
+from src import classifier, images, model_file, space as publish
+from src.errors import UserError
 from src.serving import Batcher, Limits, Stats
 
 START_TIMEOUT = 120  # seconds for the server to answer; it starts in about 10 on two busy cores
@@ -282,15 +289,20 @@ def test_an_upload_is_deleted_once_served(app, image, tmp_path):
 
 def test_concurrent_requests_get_the_probabilities_of_one_at_a_time(app, project, tmp_path):
     paths = save_pngs(split_images(project)[0][20:28], tmp_path)  # 8 images, classified at once
-    command = {Path(entry["path"]).name: entry["predictions"]
-               for entry in json.loads(ok(classify(project, tmp_path, "--model", "resnet18", "--json")).stdout)}
     client = Client(app.url, verbose=False)
     jobs = [client.submit(handle_file(str(path)), "resnet18", api_name="/classify") for path in paths]
     for path, job in zip(paths, jobs):
+        alone = one_at_a_time(project, "resnet18", path)  # as `python -m src.classify` does it
         value = job.result(timeout=120)
-        assert [label for label, _ in label_top5(value)] == [row["class"] for row in command[path.name]]
-        assert [p for _, p in label_top5(value)] == pytest.approx(
-            [row["probability"] for row in command[path.name]], abs=1e-5)
+        assert [label for label, _ in label_top5(value)] == [label for label, _ in alone]
+        assert [p for _, p in label_top5(value)] == pytest.approx([p for _, p in alone], abs=1e-5)
+
+
+def one_at_a_time(project, name: str, path: Path) -> list[tuple[str, float]]:
+    """The top-5 of `python -m src.classify` (the command's own functions, in this process): one image,
+    one forward pass. test_api_classify_gives_what_the_command_gives runs the command itself."""
+    model = classifier.load_classifier(model_file.path_of(name, project.root), classifier.inference_runtime("cpu"))
+    return model.top(images.load_image(path), 5)
 
 
 def test_the_batcher_classifies_images_together_as_each_alone(project):
@@ -467,12 +479,12 @@ def test_a_space_runs_alone_and_gives_what_the_command_gives(committed, project,
     assert {f"models/{name}.pt" for name in MODELS} | {f"metrics/{name}.json" for name in MODELS} <= files
     assert not [f for f in files if f.startswith(("stages/", "tests/", "src/evaluate/", "src/train/"))
                 or f in ("params.yaml", "dvc.yaml", "dvc.lock", "src/space.py", "src/classify.py")], files
-    command = json.loads(ok(classify(project, image, "--model", "resnet50", "--json")).stdout)[0]["predictions"]
     with app_server(project, tmp_path / "space-app", outbound, cwd=elsewhere) as running:
         value = Client(running.url, verbose=False).predict(handle_file(str(image)), "resnet50", api_name="/classify")
         config = json.loads(local_get(running.url + "config"))
-    assert [label for label, _ in label_top5(value)] == [row["class"] for row in command]
-    assert [p for _, p in label_top5(value)] == pytest.approx([row["probability"] for row in command], abs=1e-6)
+    alone = one_at_a_time(project, "resnet50", image)
+    assert [label for label, _ in label_top5(value)] == [label for label, _ in alone]
+    assert [p for _, p in label_top5(value)] == pytest.approx([p for _, p in alone], abs=1e-6)
     assert sum(len(c["props"]["samples"]) for c in config["components"] if c.get("type") == "dataset") == 8
 
     readme = (elsewhere / "README.md").read_text()
@@ -495,11 +507,10 @@ def test_a_space_runs_alone_and_gives_what_the_command_gives(committed, project,
 
 
 def test_a_space_is_refused_in_a_line_without_models_or_when_metrics_do_not_match_them(committed, tmp_path):
-    bare = copy_working_tree(tmp_path / "bare", git=False)
-    refused = space(bare, tmp_path / "out")
-    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
-        "ERROR: no trained model in models/: train them with `dvc repro` (or fetch them with `dvc pull`), "
-        "then run `python -m src.space OUT` again"]
+    with pytest.raises(UserError) as refused:  # the command's check, in this process: a folder with no model
+        publish.checked_models(tmp_path)
+    assert str(refused.value) == ("no trained model in models/: train them with `dvc repro` (or fetch them with "
+                                  "`dvc pull`), then run `python -m src.space OUT` again")
     write_untrained_like(committed.root / "models" / "resnet18.pt", ["resnet34"])  # other weights than scored
     refused = space(committed, tmp_path / "out")
     lines = refused.stderr.strip().splitlines()
