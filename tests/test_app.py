@@ -507,17 +507,24 @@ def test_a_space_runs_alone_and_gives_what_the_command_gives(committed, project,
 
 
 def test_a_space_is_refused_in_a_line_without_models_or_when_metrics_do_not_match_them(committed, tmp_path):
-    with pytest.raises(UserError) as refused:  # the command's check, in this process: a folder with no model
+    # The command's checks, in this process (src.errors.run prints a UserError as one line, exit 1).
+    with pytest.raises(UserError) as refused:  # a folder with no model
         publish.checked_models(tmp_path)
     assert str(refused.value) == ("no trained model in models/: train them with `dvc repro` (or fetch them with "
                                   "`dvc pull`), then run `python -m src.space OUT` again")
+    metrics = committed.root / "metrics" / "resnet18.json"
+    scored = metrics.read_text()
+    metrics.unlink()  # a hard link to the trained project's file: replaced, not edited
+    metrics.write_text(scored.replace("{", "{ ", 1))  # the same numbers, but not the file evaluate wrote
+    with pytest.raises(UserError, match=r"^metrics/ changed since the evaluate stage wrote them .*dvc repro evaluate"):
+        publish.checked_models(committed.root)
+    metrics.unlink()
+    metrics.write_text(scored)
     write_untrained_like(committed.root / "models" / "resnet18.pt", ["resnet34"])  # other weights than scored
-    refused = space(committed, tmp_path / "out")
-    lines = refused.stderr.strip().splitlines()
-    assert refused.returncode == 1 and len(lines) == 1, refused.stderr
-    assert lines[0].startswith("ERROR: metrics/ do not match models/resnet34.pt") and "dvc repro evaluate" in lines[0]
-    assert not (tmp_path / "out").exists()
-
+    with pytest.raises(UserError) as refused:
+        publish.checked_models(committed.root)
+    assert str(refused.value).startswith("metrics/ do not match models/resnet34.pt: evaluate scored a file with md5 ")
+    assert "Run `dvc repro evaluate`" in str(refused.value) and "\n" not in str(refused.value)
 
 def test_nothing_left_the_machine(server, outbound):
     """Every server of this module ran with its proxies pointing at the recorder."""
