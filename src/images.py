@@ -16,6 +16,10 @@ SIZE = 32  # CIFAR's images are 32x32: every input is brought to that
 # contributes (antialiased, no moire from a large photo), and it keeps edges sharper than
 # bilinear or box averaging, which matters at 32x32.
 RESAMPLE = Image.Resampling.BICUBIC
+# A large JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, itself an averaging
+# reduction) while it stays at least this many pixels on each side: 4x the 32 that RESAMPLE then
+# brings it to. A 4000x3000 photo decodes as 500x375: about 8x faster, in 1/64 of the memory.
+DRAFT = 4 * SIZE
 
 
 class ImageError(Exception):
@@ -36,6 +40,7 @@ def load_image(path: str | Path) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 _check_size(image)
+                image.draft(None, (DRAFT, DRAFT))  # JPEG only; other formats ignore it
                 rgb = to_rgb(_upright(image))
     except ImageError:
         raise

@@ -526,6 +526,7 @@ def test_a_space_is_refused_in_a_line_without_models_or_when_metrics_do_not_matc
     assert str(refused.value).startswith("metrics/ do not match models/resnet34.pt: evaluate scored a file with md5 ")
     assert "Run `dvc repro evaluate`" in str(refused.value) and "\n" not in str(refused.value)
 
+
 def test_nothing_left_the_machine(server, outbound):
     """Every server of this module ran with its proxies pointing at the recorder."""
     assert outbound.requests == []
