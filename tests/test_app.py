@@ -38,6 +38,7 @@ import yaml
 from gradio_client import Client, handle_file
 from PIL import Image
 
+import load_app
 from conftest import MODELS, ROOT, Project, command_env, copy_working_tree, ok
 from inference_project import (PARTIAL_MODEL, classify, partial_project, save_pngs, split_images, trained_project,
                                write_untrained_like)
@@ -315,6 +316,17 @@ def test_the_batcher_classifies_images_together_as_each_alone(project):
     np.testing.assert_allclose(np.stack(batched), np.stack(alone), atol=1e-5, rtol=0)
     assert stats.images == 24 and 3 <= stats.batches < 24, stats  # together, at most 8 at a time
 
+
+
+def test_a_short_load_round_serves_every_good_request_and_answers_every_bad_one(app, tmp_path):
+    """tests/load_app.py's round, short: 5 clients x 6 requests, 10% bad files (one of each kind)."""
+    good = ("png32", "jpeg640")
+    files = load_app.make_files(tmp_path, Limits(max_file_size=1).max_file_bytes, good)  # the server's 1 MB
+    result = load_app.run_round(app.url, load_app.schedule(5, 6, good), files, tmp_path / "uploads")
+    assert result.failures == []
+    assert result.outcomes == {"good: ok": 27, "bad: not_image refused": 1, "bad: truncated refused": 1,
+                               "bad: over_limit refused": 1}
+    assert app.process.poll() is None and json.loads(local_get(app.url + "config"))  # still serving
 
 # --------------------------------------------------------------------------- a browser
 
