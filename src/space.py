@@ -110,6 +110,11 @@ def dir_md5(folder: Path) -> str:
 def write_space(root: Path, models: list[str], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     modules = imported_modules(root, root / APP)
+    for name in models:  # an architecture in code: src/models/<module>.py, imported by name when loaded
+        module = model_file.read(model_file.path_of(name, root))["architecture"].get("module")
+        if module:
+            path = root / "src" / "models" / f"{module}.py"
+            modules = sorted({*modules, path, *imported_modules(root, path)})
     for path in [root / APP, *modules]:
         copy(path, out / path.relative_to(root))
     for name in models:
