@@ -13,9 +13,9 @@ carries a few unique trailing bytes, so every request decodes its own file, as r
 Over-limit files go as a plain HTTP upload (gradio_client would refuse them before sending).
 
 It prints requests/s, p50/p95/p99 latency of the good requests, errors by kind, the server's
-peak RSS (VmHWM) and its RSS after each round, and, from the server's own account at exit, the
-time spent decoding and in forward passes (the rest of a request's time is Gradio's: upload,
-queue, events). It fails (exit 1) when a good request fails, a bad one does not get its message,
+peak RSS (VmHWM) and its RSS after each round, and where the server's CPU time went per request:
+decoding and forward passes (the server's own account at exit) and the rest (Gradio: upload,
+queue, events; HTTP), from the process's CPU time (/proc). It fails (exit 1) when a good request fails, a bad one does not get its message,
 the server is down after a round, or its RSS grows by more than --rss-growth-mb in the second
 round. Linux only (/proc for RSS). Run it on an otherwise idle machine: it measures speed.
 """
@@ -218,6 +218,11 @@ class Server:
         except httpx.HTTPError:
             return False
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
     def memory_mb(self) -> dict[str, float]:
         """VmRSS (now) and VmHWM (peak) of the server process, in MB."""
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -238,12 +243,13 @@ def measure(mode: str, folder: Path, plan: list[list[str]], files: dict[str, byt
     server = Server(folder, (*MODES[mode], "--max-file-size", f"{max_file_mb:g}"), folder / f"{mode}.log")
     rounds, rss = [], []
     try:
+        cpu_before = server.cpu_seconds()
         for number in range(2):  # the second, identical round: does memory keep growing?
             rounds.append(run_round(server.url, plan, files, folder / "uploads"))
             if not server.up():
                 rounds[-1].failures.append("the server was down after the round")
             rss.append(server.memory_mb())
-        peak = server.memory_mb()["VmHWM"]
+        peak, cpu = server.memory_mb()["VmHWM"], server.cpu_seconds() - cpu_before
     finally:
         account = server.stop()
     growth = rss[1]["VmRSS"] - rss[0]["VmRSS"]
@@ -251,7 +257,20 @@ def measure(mode: str, folder: Path, plan: list[list[str]], files: dict[str, byt
     if growth > rss_growth_mb:
         failures.append(f"RSS grew by {growth:.0f} MB in the second round (allowed: {rss_growth_mb:g})")
     return {"mode": mode, "rounds": [r.figures() for r in rounds], "peak_rss_mb": peak,
-            "rss_after_rounds_mb": [r["VmRSS"] for r in rss], "server": account, "failures": failures}
+            "rss_after_rounds_mb": [r["VmRSS"] for r in rss], "server": account,
+            "time_per_request_ms": split(account, cpu), "failures": failures}
+
+
+def split(account: str, cpu_seconds: float) -> dict[str, float]:
+    """The server's CPU time per request (both rounds): decoding, forward passes (its own account,
+    in wall time of the threads doing them) and the rest: Gradio (upload, queue, events), HTTP."""
+    found = re.search(r"served (\d+) requests: decoding ([\d.]+) s .* forward passes .*\) ([\d.]+) s", account)
+    if not found:
+        return {}
+    requests, decode, forward = int(found[1]), float(found[2]), float(found[3])
+    per = lambda seconds: round(1000 * seconds / max(requests, 1), 1)  # noqa: E731
+    return {"cpu": per(cpu_seconds), "decode": per(decode), "forward": per(forward),
+            "rest (Gradio, HTTP)": per(max(0.0, cpu_seconds - decode - forward))}
 
 
 def main() -> None:
@@ -294,6 +313,7 @@ def report(results: list[dict], config: dict, as_json: bool) -> None:
                   f"{figures['p95_ms']:>8} {figures['p99_ms']:>8}  {figures['outcomes']}")
         print(f"{'':<10} peak RSS {result['peak_rss_mb']} MB, after rounds {result['rss_after_rounds_mb']} MB; "
               f"server: {result['server']}")
+        print(f"{'':<10} server CPU per request, ms: {result['time_per_request_ms']}")
         for failure in result["failures"]:
             print(f"{'':<10} FAILED: {failure}")
     if "batched_over_unbatched" in config:
