@@ -159,8 +159,8 @@ class Uploads:
             start = time.perf_counter()
             try:
                 future.set_result(images.load_image(path))
-            except images.ImageError as error:
-                future.set_exception(error)
+            except images.ImageError as error:  # kept without its traceback, which holds the decoder's frames
+                future.set_exception(images.ImageError(str(error)))
             self.stats.add(decode_s=time.perf_counter() - start)
         self.remove(path)  # also a copy uploaded again after the first one was decoded
         return future.result()
