@@ -161,14 +161,17 @@ def build(root: Path, example_dir: Path, limits: Limits = Limits(), stats: Stats
         if model not in models:
             raise gr.Error(f"{model} is not served: {missing.get(model, 'unknown model')}")
         stats.add(requests=1)
-        return top(models[model], _load(uploads, image))
+        with batcher.arriving():  # the batcher may wait for this image
+            pixels = _load(uploads, image)
+        return top(models[model], pixels)
 
     def classify_all(image: str | None, show: bool) -> list:
         """The side-by-side row: shown or hidden, then every served model's top-5."""
         if not show or image is None:
             return [gr.update(visible=show), *([None] * len(models))]
         stats.add(requests=1)
-        pixels = _load(uploads, image)
+        with batcher.arriving():
+            pixels = _load(uploads, image)
         return [gr.update(visible=True), *(top(c, pixels) for c in models.values())]
 
     with gr.Blocks(title="CIFAR-100 ResNets") as demo:

@@ -15,7 +15,9 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from typing import Iterator
 
 import numpy as np
 
@@ -32,7 +34,7 @@ class Limits:
     concurrency: int = 16        # requests handled at once (each decodes its own upload)
     queue_size: int = 256        # requests waiting for a handler; more are refused ("queue is full")
     max_batch_size: int = 32     # images in one forward pass
-    batch_wait_ms: float = 10.0  # ms the batcher waits for more images after the first one
+    batch_wait_ms: float = 10.0  # ms the batcher waits for images being decoded after the first one
 
     @property
     def max_file_bytes(self) -> int:
@@ -86,13 +88,28 @@ class Batcher:
 
     `probabilities(model, pixels)` blocks until the forward pass that included the image is done.
     Batched and alone, an image gets the same probabilities (eval mode: no batch statistics).
+    A request decoding its image inside `arriving()` is one the batcher waits for (up to
+    `wait_ms`); when no other image is on its way, a pass starts at once: a lone user waits for
+    nothing.
     """
 
     def __init__(self, max_batch_size: int, wait_ms: float, stats: Stats | None = None):
         self.max_batch_size, self.wait_s = max_batch_size, wait_ms / 1000
         self.stats = stats or Stats()
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._arriving = 0  # requests decoding their image, whose pixels will come here
+        self._lock = threading.Lock()
         threading.Thread(target=self._serve, name="batcher", daemon=True).start()
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        with self._lock:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._arriving -= 1
 
     def probabilities(self, model: Classifier, pixels: np.ndarray) -> np.ndarray:
         """float32 (classes,) softmax of one uint8 (32, 32, 3) image."""
@@ -112,9 +129,17 @@ class Batcher:
         deadline = time.monotonic() + self.wait_s
         while len(batch) < self.max_batch_size:
             try:
-                batch.append(self._requests.get(timeout=max(0.0, deadline - time.monotonic())))
+                batch.append(self._requests.get_nowait())
+                continue
             except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._arriving:  # no other image is on its way
                 break
+            try:
+                batch.append(self._requests.get(timeout=min(left, 0.001)))
+            except queue.Empty:
+                pass
         return batch
 
     def _forward(self, model: Classifier, requests: list[tuple[np.ndarray, Future]]) -> None:

@@ -310,11 +310,20 @@ def test_the_batcher_classifies_images_together_as_each_alone(project):
     model = classifier.load_classifier(model_file.path_of("resnet18", project.root), classifier.inference_runtime("cpu"))
     pixels = split_images(project)[0][:24]
     batcher = Batcher(max_batch_size=8, wait_ms=500, stats=(stats := Stats()))
+
+    def request(image: np.ndarray) -> np.ndarray:
+        with batcher.arriving():
+            time.sleep(0.05)  # decoding the upload: the batcher waits for it
+        return batcher.probabilities(model, image)
+
     with ThreadPoolExecutor(len(pixels)) as pool:  # 24 requests at once
-        batched = list(pool.map(lambda image: batcher.probabilities(model, image), pixels))
+        batched = list(pool.map(request, pixels))
     alone = [model.probabilities(image[None])[0] for image in pixels]
     np.testing.assert_allclose(np.stack(batched), np.stack(alone), atol=1e-5, rtol=0)
     assert stats.images == 24 and 3 <= stats.batches < 24, stats  # together, at most 8 at a time
+    start = time.monotonic()
+    assert batcher.probabilities(model, pixels[0]) == pytest.approx(alone[0], abs=1e-5)
+    assert time.monotonic() - start < 0.4  # alone: no wait for images that are not coming
 
 
 
