@@ -13,18 +13,26 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from typing import Iterator
 
 import numpy as np
+from PIL import Image
 
 from src import images
 from src.classifier import Classifier
 
 MB = 1 << 20  # bytes: the unit of --max-file-size, as Gradio's "10mb" and its page ("10 Mb") count it
+# An image over LARGE pixels that is not a JPEG (a JPEG decodes at reduced scale, src/images.py)
+# takes up to ~6 bytes a pixel while decoded: at Pillow's limit (89.5 million pixels) about 500 MB.
+# At most LARGE_AT_ONCE of them decode at once, so a burst of small PNG files that claim huge
+# sizes cannot take `concurrency` x 500 MB; the others wait their turn.
+LARGE = 16_000_000  # pixels
+LARGE_AT_ONCE = 2
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,7 @@ class Uploads:
         self.stats = stats or Stats()
         self._decoded: OrderedDict[str, Future] = OrderedDict()
         self._lock = threading.Lock()
+        self._large = threading.BoundedSemaphore(LARGE_AT_ONCE)
 
     def pixels(self, path: str) -> np.ndarray:
         """uint8 (32, 32, 3) of the upload at `path`; an images.ImageError says what is wrong."""
@@ -183,7 +192,8 @@ class Uploads:
         if mine:
             start = time.perf_counter()
             try:
-                future.set_result(images.load_image(path))
+                with self._large if _large(path) else nullcontext():
+                    future.set_result(images.load_image(path))
             except images.ImageError as error:  # kept without its traceback, which holds the decoder's frames
                 future.set_exception(images.ImageError(str(error)))
             self.stats.add(decode_s=time.perf_counter() - start)
@@ -191,9 +201,21 @@ class Uploads:
         return future.result()
 
     def remove(self, path: str) -> None:
+        """Delete the file if a user uploaded it (and it is still there)."""
         if path in self.served:
             self.served.discard(path)
             try:
                 os.remove(path)
             except FileNotFoundError:
                 pass
+
+
+def _large(path: str) -> bool:
+    """Whether the file's header announces more than LARGE pixels of another format than JPEG."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:  # reads the header only
+                return image.width * image.height > LARGE and image.format != "JPEG"
+    except Exception:  # noqa: BLE001 -- not an image, a bomb...: load_image says what is wrong
+        return False
