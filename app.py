@@ -176,6 +176,7 @@ def build(root: Path, example_dir: Path, limits: Limits = Limits(), stats: Stats
 
     with gr.Blocks(title="CIFAR-100 ResNets") as demo:
         uploads = Uploads(demo.upload_file_set, stats=stats)  # Gradio's record of what users uploaded
+        uploads.sweep_every(60)  # seconds
         gr.Markdown("# CIFAR-100 ResNets\nUpload, paste or drop an image (or pick an example from the "
                     "test split below). It is brought to 32x32 RGB as the models were trained: EXIF "
                     "orientation applied, transparency over white, the central square resized (bicubic).")

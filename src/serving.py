@@ -33,6 +33,9 @@ MB = 1 << 20  # bytes: the unit of --max-file-size, as Gradio's "10mb" and its p
 # sizes cannot take `concurrency` x 500 MB; the others wait their turn.
 LARGE = 16_000_000  # pixels
 LARGE_AT_ONCE = 2
+# An upload that no request decoded (its request was refused, or it was sent alone) is deleted
+# after this long, so that uploading without asking cannot fill the disk.
+UNUSED_UPLOAD_S = 600  # seconds
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,23 @@ class Uploads:
             self.stats.add(decode_s=time.perf_counter() - start)
         self.remove(path)  # also a copy uploaded again after the first one was decoded
         return future.result()
+
+    def sweep(self, max_age_s: float = UNUSED_UPLOAD_S) -> None:
+        """Delete the uploads older than `max_age_s` that no request has decoded."""
+        now = time.time()
+        for path in list(self.served):  # a copy: Gradio adds uploads meanwhile
+            try:
+                if now - os.stat(path).st_ctime > max_age_s:
+                    self.remove(path)
+            except FileNotFoundError:
+                self.served.discard(path)
+
+    def sweep_every(self, seconds: float) -> None:
+        def loop() -> None:
+            while True:
+                time.sleep(seconds)
+                self.sweep()
+        threading.Thread(target=loop, name="upload-sweeper", daemon=True).start()
 
     def remove(self, path: str) -> None:
         """Delete the file if a user uploaded it (and it is still there)."""

@@ -45,7 +45,7 @@ from inference_project import (PARTIAL_MODEL, classify, partial_project, save_pn
                                write_untrained_like)
 from src import classifier, images, model_file, space as publish
 from src.errors import UserError
-from src.serving import Batcher, Limits, Stats
+from src.serving import Batcher, Limits, Stats, Uploads
 
 START_TIMEOUT = 120  # seconds for the server to answer; it starts in about 10 on two busy cores
 BROWSER_TIMEOUT = 60
@@ -285,6 +285,18 @@ def test_an_upload_is_deleted_once_served(app, image, tmp_path):
     value = Client(app.url, verbose=False).predict(handle_file(str(upload)), "resnet18", api_name="/classify")
     assert len(label_top5(value)) == 5
     assert not [p for p in app.files() if p.name == upload.name], "the upload is still on the server's disk"
+
+
+
+def test_an_upload_no_request_used_is_swept_when_old(tmp_path, image):
+    uploaded, example = tmp_path / "sent-alone.png", tmp_path / "example.png"
+    for path in (uploaded, example):
+        shutil.copyfile(image, path)
+    uploads = Uploads({str(uploaded)})  # Gradio's record: what users uploaded (not the example)
+    uploads.sweep(max_age_s=3600)
+    assert uploaded.exists(), "swept while younger than the age"
+    uploads.sweep(max_age_s=-1)  # every upload is older than that
+    assert not uploaded.exists() and example.exists() and uploads.served == set()
 
 
 # --------------------------------------------------------------------------- batched inference
