@@ -3,8 +3,9 @@
 app.py's handlers run in Gradio's worker threads, up to `Limits.concurrency` at once. Each decodes
 its own upload (Uploads), so a bad file fails its own request alone, with its own message, and then
 hands the 32x32 pixels to the Batcher, whose single thread runs one forward pass for the requests
-that arrived within `batch_wait_ms` (at most `max_batch_size` images). Gradio's own `batch=True`
-would fail every request of a batch on one bad file, and would decode in one thread.
+whose images arrive within `batch_wait_ms` (at most `max_batch_size` images; it waits only while
+other requests are decoding). Gradio's own `batch=True` would fail every request of a batch on one
+bad file, and would decode in one thread. Uploads are deleted once decoded.
 """
 from __future__ import annotations
 
