@@ -1,8 +1,10 @@
-"""The Python half of tests/gpu_check.sh (not collected by pytest): its environment record,
-its `dvc repro` part, and the one JSON summary of all parts.
+"""The Python half of tests/gpu_check.sh and tests/gpu_accuracy.sh (not collected by pytest):
+the environment record, the `dvc repro` part, the one JSON summary of all parts, and the accuracy
+run on the genuine archive.
 
     python tests/gpu_check.py environment --json FILE
     python tests/gpu_check.py repro --work DIR --json FILE [--width 64 --epochs 4 ...]
+    python tests/gpu_check.py accuracy --work DIR --json FILE --archive TAR --budget-s N [--img-s N]
     python tests/gpu_check.py summary --work DIR --out OUT --limit 540 --seconds N [--dry-run] [--print]
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +32,8 @@ EPOCH_OVER_STEP_GOAL = 0.9
 # pass over the 10,000 test images after each, and what the call spends outside the epochs
 # (wheels, download and augment stages, compilation, evaluate): measured by the accuracy run.
 ACCURACY_EPOCHS, TRAIN_IMAGES, TEST_IMAGES, ACCURACY_OVERHEAD_S = 100, 50_000, 10_000, 90
+ACCURACY_CALL_S = 570       # what tests/gpu_accuracy.sh gives the run inside a 600 s device call
+EVALUATE_RESERVE_S = 60     # kept back from training for the evaluate stage
 
 
 def environment(args) -> None:
@@ -49,6 +54,53 @@ def environment(args) -> None:
     print(json.dumps(record, indent=1))
 
 
+# --------------------------------------------------------------------------- project copies
+
+def copy_working_tree(work: Path) -> Path:
+    """work/project: the tracked and untracked-not-ignored files of this checkout."""
+    shutil.rmtree(work, ignore_errors=True)
+    project = work / "project"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        if (ROOT / rel).is_file():
+            (project / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, project / rel)
+    return project
+
+
+def keep_models(project: Path, params: dict, names: list[str] | None) -> list[str]:
+    """Remove every model but `names` (all when None) from `params` and the copy's dvc.yaml, as
+    README "Add a model" removes one: a pipeline of these models only. Returns the models kept."""
+    import yaml
+    models = [name for name, block in params["model"].items() if isinstance(block, dict)]
+    if not names:
+        return models
+    pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
+    for name in set(models) - set(names):
+        del params["model"][name], pipeline["stages"][f"train-{name}"]
+        params["reference"].pop(name, None)
+    pipeline["stages"]["evaluate"]["deps"] = [
+        dep for dep in pipeline["stages"]["evaluate"]["deps"]
+        if not dep.startswith("models/") or dep[len("models/"):-len(".pt")] in names]
+    (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    return list(names)
+
+
+def stage_env() -> dict:
+    """The environment stages and dvc run in: this interpreter's bin/ (python, dvc) first."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("PYTHONPATH", None)  # the stages import src/ from the copy
+    return env
+
+
+def heldout_curve(project: Path, name: str) -> list[float]:
+    """Held-out top-1 (%) after each epoch, from the train stage's DVCLive curve."""
+    curve = project / f"plots/train/{name}/plots/metrics/heldout/acc.tsv"
+    return [float(line.split("\t")[1]) for line in curve.read_text().splitlines()[1:]] if curve.exists() else []
+
+
 # --------------------------------------------------------------------------- part: dvc repro
 
 def repro(args) -> int:
@@ -59,14 +111,7 @@ def repro(args) -> int:
     import cifar_archive as ca
 
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    project = work / "project"
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        if (ROOT / rel).is_file():
-            (project / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, project / rel)
+    project = copy_working_tree(work)
     start = time.perf_counter()
     archive = work / "cifar-100-python.tar.gz"
     md5 = ca.write_archive(archive, **ca.make_cifar_images(seed=0))
@@ -83,22 +128,10 @@ def repro(args) -> int:
     params["runtime"]["device"] = args.device  # the rest stays auto: compile, gpu_augment, bf16 on CUDA
     if args.device == "cpu":
         params["runtime"]["workers"] = 0  # tiny: worker start-up would dominate
-    models = [name for name, block in params["model"].items() if isinstance(block, dict)]
-    if args.models:  # a pipeline of these models only, as README "Add a model" removes one
-        pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
-        for name in set(models) - set(args.models):
-            del params["model"][name], pipeline["stages"][f"train-{name}"]
-            params["reference"].pop(name, None)
-        pipeline["stages"]["evaluate"]["deps"] = [
-            dep for dep in pipeline["stages"]["evaluate"]["deps"]
-            if not dep.startswith("models/") or dep[len("models/"):-len(".pt")] in args.models]
-        (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
-        models = list(args.models)
+    models = keep_models(project, params, args.models)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("PYTHONPATH", None)  # the stages import src/ from the copy
+    env = stage_env()
     git = ["git", "-c", "user.name=gpu-check", "-c", "user.email=gpu-check@localhost", "-c", "commit.gpgsign=false"]
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "gpu check"]):
         subprocess.run(git + command, cwd=project, check=True, env=env)
@@ -113,9 +146,7 @@ def repro(args) -> int:
                      | {"ema_decay": 0.999, "mixup_alpha": 0.2}}
     rises = []
     for name in models:
-        curve = project / f"plots/train/{name}/plots/metrics/heldout/acc.tsv"
-        heldout = ([float(line.split("\t")[1]) for line in curve.read_text().splitlines()[1:]]
-                   if curve.exists() else [])
+        heldout = heldout_curve(project, name)
         metrics_file = project / f"metrics/{name}.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         model = {"heldout_top1_by_epoch": heldout, "test_top1": metrics.get("top1"), "test_top5": metrics.get("top5")}
@@ -137,6 +168,77 @@ def repro(args) -> int:
     if result.returncode != 0:
         return result.returncode
     return 0 if figures["heldout_rises"] is not False else 3
+
+
+# --------------------------------------------------------------------------- the accuracy run
+
+GENUINE_MD5 = "9c600102c9dd81479547f7fbb69f9571"  # the repack in ../shared/cifar100 (README there)
+
+
+def predicted_minutes(img_s: float, eval_img_s: float | None = None) -> dict:
+    """How long the accuracy run takes at a train speed of `img_s` (the benchmark's ResNet-18
+    epoch img/s; the goal is 25,000); the held-out pass after each epoch at `eval_img_s`
+    (default: 3x the train speed, a forward pass without the backward)."""
+    train_s = ACCURACY_EPOCHS * TRAIN_IMAGES / img_s
+    heldout_s = ACCURACY_EPOCHS * TEST_IMAGES / (eval_img_s or 3 * img_s)
+    total = train_s + heldout_s + ACCURACY_OVERHEAD_S
+    return {"img_s": img_s, "train_s": round(train_s), "heldout_s": round(heldout_s),
+            "overhead_s": ACCURACY_OVERHEAD_S, "minutes": round(total / 60, 1),
+            "fits_a_10_minute_call": total < ACCURACY_CALL_S}
+
+
+def accuracy(args) -> int:
+    """ResNet-18 on the full defaults (100 epochs) on the genuine archive, the stages run as
+    dvc.yaml runs them; training stops (SIGINT, the stage's own clean exit) when the budget
+    would be overrun, leaving its per-epoch held-out curve. Figures to args.json."""
+    import yaml
+    deadline = time.monotonic() + args.budget_s
+    figures: dict = {"predicted": predicted_minutes(args.img_s), "budget_s": args.budget_s,
+                     "reference_top1": 78.33, "stage_s": {}}
+    print(f"predicted at {args.img_s:,.0f} img/s: {figures['predicted']['minutes']} min "
+          f"(budget {args.budget_s / 60:.1f} min)", flush=True)
+    project = copy_working_tree(Path(args.work))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"].update(url=str(Path(args.archive).resolve()), md5=GENUINE_MD5)
+    keep_models(project, params, ["resnet18"])  # the evaluate stage then scores this model alone
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = stage_env()
+
+    def stage(name: str, *extra: str, reserve_s: float = 0) -> int:
+        start = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", f"stages.{name}", *extra], cwd=project, env=env)
+        try:
+            rc = process.wait(timeout=max(1.0, deadline - reserve_s - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"{name}: stopping it (SIGINT) to stay inside the budget", flush=True)
+            process.send_signal(signal.SIGINT)
+            try:
+                rc = process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                rc = process.wait()
+            figures["stopped"] = name
+        figures["stage_s"][name] = round(time.perf_counter() - start, 1)
+        return rc
+
+    ok = stage("download") == 0 and stage("augment") == 0
+    # Evaluate needs about a minute after training (start-up, 10,000 images, timing passes).
+    ok = ok and stage("train", "--model", "resnet18", reserve_s=EVALUATE_RESERVE_S) == 0
+    heldout = heldout_curve(project, "resnet18")
+    figures.update(finished=ok, epochs=ACCURACY_EPOCHS, epochs_done=len(heldout), heldout_top1_by_epoch=heldout,
+                   test_top1_last_epoch=heldout[-1] if heldout else None)
+    model_file = project / "models/resnet18.pt"
+    if model_file.exists():
+        import torch
+        history = torch.load(model_file, weights_only=True, map_location="cpu")["history"]
+        figures["train_s"] = round(sum(r["seconds"] for r in history), 1)
+        figures["train_img_s"] = round(sum(r["images_per_s"] * r["seconds"] for r in history) / figures["train_s"], 1)
+    if ok and stage("evaluate") == 0:
+        metrics = json.loads((project / "metrics/resnet18.json").read_text())
+        figures.update(test_top1=metrics["top1"], test_top5=metrics["top5"], metrics=metrics)
+    Path(args.json).write_text(json.dumps(figures, indent=1))
+    print(json.dumps({k: v for k, v in figures.items() if k != "heldout_top1_by_epoch"}, indent=1))
+    return 0 if "test_top1" in figures else 1
 
 
 # --------------------------------------------------------------------------- summary
@@ -184,11 +286,7 @@ def accuracy_prediction(resnet18: dict) -> dict | None:
     """Minutes tests/gpu_accuracy.sh needs, from the measured ResNet-18 epoch and eval speeds."""
     if not resnet18.get("epoch_img_s") or not resnet18.get("eval_img_s"):
         return None
-    train_s = ACCURACY_EPOCHS * TRAIN_IMAGES / resnet18["epoch_img_s"]
-    heldout_s = ACCURACY_EPOCHS * TEST_IMAGES / resnet18["eval_img_s"]
-    total = train_s + heldout_s + ACCURACY_OVERHEAD_S
-    return {"train_s": round(train_s), "heldout_s": round(heldout_s), "overhead_s": ACCURACY_OVERHEAD_S,
-            "minutes": round(total / 60, 1), "fits_a_10_minute_call": total < 570}
+    return predicted_minutes(resnet18["epoch_img_s"], resnet18["eval_img_s"])
 
 
 def summary(args) -> int:
@@ -258,6 +356,12 @@ def main() -> int:
     rep.add_argument("--batch-size", type=int, default=512)
     rep.add_argument("--device", default="cuda")
     rep.add_argument("--models", nargs="*", help="keep only these models' train stages (default: all)")
+    acc = commands.add_parser("accuracy")
+    acc.add_argument("--work", required=True)
+    acc.add_argument("--json", required=True)
+    acc.add_argument("--archive", required=True, help="the genuine cifar-100-python.tar.gz (the repack)")
+    acc.add_argument("--img-s", type=float, default=25_000, help="ResNet-18 epoch img/s the benchmark measured")
+    acc.add_argument("--budget-s", type=float, required=True, help="seconds from now the run must end within")
     summ = commands.add_parser("summary")
     summ.add_argument("--work", required=True)
     summ.add_argument("--out", required=True)
@@ -269,7 +373,7 @@ def main() -> int:
     if args.command == "environment":
         environment(args)
         return 0
-    return repro(args) if args.command == "repro" else summary(args)
+    return {"repro": repro, "accuracy": accuracy, "summary": summary}[args.command](args)
 
 
 if __name__ == "__main__":
