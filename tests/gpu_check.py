@@ -158,8 +158,9 @@ def repro(args) -> int:
             model["train_img_s"] = round(sum(r["images_per_s"] * r["seconds"] for r in history)
                                          / sum(r["seconds"] for r in history), 1)
             model["runtime"] = state["params"]["runtime"]
-        # Rises: the last epoch above the first; with one epoch (the dry run) nothing to compare.
-        model["heldout_rises"] = (heldout[-1] > heldout[0]) if len(heldout) > 1 else None
+        # Rises: the last epoch above the first (or at 99%+: nothing left to rise to); with one
+        # epoch (the dry run) there is nothing to compare.
+        model["heldout_rises"] = (heldout[-1] > heldout[0] or heldout[-1] >= 99) if len(heldout) > 1 else None
         rises.append(model["heldout_rises"])
         figures[name] = model
     figures["heldout_rises"] = None if None in rises else all(rises)

@@ -38,6 +38,7 @@ done
 : "${OUT:?set OUT to the folder for summary.json and the logs (the device tool sets it)}"
 mkdir -p "$OUT"
 WORK=$(mktemp -d)  # scratch: part records, the repro's project copy; only OUT comes back
+trap 'rm -rf "$WORK"' EXIT
 export PYTHONUNBUFFERED=1 DVC_NO_ANALYTICS=1 NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 START=$(date +%s)
 LIMIT=${GPU_CHECK_LIMIT_S:-540}  # 9 minutes: the device allows 10 a command

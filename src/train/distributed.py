@@ -12,6 +12,7 @@ statistics of the whole global batch (runtime.sync_batchnorm). Rank 0 alone writ
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -177,8 +178,13 @@ def wrap(model: nn.Module, processes: Processes, sync_batchnorm: bool) -> tuple[
             if type(module) is nn.BatchNorm2d:
                 module.__class__ = GlobalBatchNorm  # a subclass with the same state: only forward() differs
     # Identical BatchNorm buffers everywhere when synchronised: no need to broadcast them each step.
+    # torch >= 2.13 names this forward_sync_buffers; torch 2.11 (a lent GPU machine's) has only
+    # broadcast_buffers, whose False also skips the buffers' broadcast at start-up: the same there
+    # too, since every process builds the model from the same seed.
+    buffers = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else "broadcast_buffers")
     forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                      forward_sync_buffers=not sync_batchnorm)
+                                      **{buffers: not sync_batchnorm})
     return model, forward
 
 
