@@ -109,7 +109,9 @@ else
   # in the project's layout only (the NCHW copy would cost a second compilation).
   BENCH=(--device cuda --batch-size 512 --steps 10 --repeats 3 --epoch-images 25600 --loader-images 5120
          --bare-layouts project)
-  DIST=(--processes "$(seq -s, 1 "$GPUS")" --device cuda --batch-size 512 --steps 30 --rounds 2)
+  # 1, 2, 4, ... GPUs: each must take an equal share of the global batch of 512.
+  counts=1; for ((n = 2; n <= GPUS; n *= 2)); do counts+=",$n"; done
+  DIST=(--processes "$counts" --device cuda --batch-size 512 --steps 30 --rounds 2)
   REPRO=(--width 64 --epochs 4 --train-limit 10240 --test-limit 2000 --batch-size 512 --device cuda)
   BOX_TESTS=150 BOX_BENCH=90 BOX_DIST=90 BOX_REPRO=180
 fi
