@@ -24,7 +24,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("setup", "tests", "resnet18", "resnet50", "distributed", "repro")
-STATUSES = ("ok", "failed", "timeout", "skipped")
 # The H100 goals of README "The GPU path" (train img/s at batch 512, epoch / step).
 GOALS = {"resnet18": 25_000, "resnet50": 8_000}
 EPOCH_OVER_STEP_GOAL = 0.9

@@ -15,8 +15,9 @@ PARTS = ["setup", "tests", "resnet18", "resnet50", "distributed", "repro"]
 
 def test_the_dry_run_writes_the_summary_a_gpu_run_writes(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPU_VENV": str(tmp_path / "venv")}
-    env.pop("PYTHONPATH", None)
+    env = {key: value for key, value in os.environ.items()  # the run's own pytest is not an xdist worker
+           if not key.startswith(("PYTEST_", "PYTHONPATH"))}
+    env.update(OUT=str(out), PYTHON=sys.executable, GPU_VENV=str(tmp_path / "venv"))
     result = subprocess.run(["bash", "tests/gpu_check.sh", "--dry-run", "--parts", "tests,resnet18"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
