@@ -193,13 +193,13 @@ def accuracy(args) -> int:
     would be overrun, leaving its per-epoch held-out curve. Figures to args.json."""
     import yaml
     deadline = time.monotonic() + args.budget_s
-    figures: dict = {"predicted": predicted_minutes(args.img_s), "budget_s": args.budget_s,
-                     "reference_top1": 78.33, "stage_s": {}}
+    figures: dict = {"predicted": predicted_minutes(args.img_s), "budget_s": args.budget_s, "stage_s": {}}
     print(f"predicted at {args.img_s:,.0f} img/s: {figures['predicted']['minutes']} min "
           f"(budget {args.budget_s / 60:.1f} min)", flush=True)
     project = copy_working_tree(Path(args.work))
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"].update(url=str(Path(args.archive).resolve()), md5=GENUINE_MD5)
+    figures["reference_top1"] = params["reference"]["resnet18"]["top1"]  # seed 000's 78.33
     keep_models(project, params, ["resnet18"])  # the evaluate stage then scores this model alone
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = stage_env()
@@ -225,7 +225,7 @@ def accuracy(args) -> int:
     # Evaluate needs about a minute after training (start-up, 10,000 images, timing passes).
     ok = ok and stage("train", "--model", "resnet18", reserve_s=EVALUATE_RESERVE_S) == 0
     heldout = heldout_curve(project, "resnet18")
-    figures.update(finished=ok, epochs=ACCURACY_EPOCHS, epochs_done=len(heldout), heldout_top1_by_epoch=heldout,
+    figures.update(finished=ok, epochs=params["epochs"], epochs_done=len(heldout), heldout_top1_by_epoch=heldout,
                    test_top1_last_epoch=heldout[-1] if heldout else None)
     model_file = project / "models/resnet18.pt"
     if model_file.exists():
