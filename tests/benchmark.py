@@ -140,6 +140,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per timed call")
     parser.add_argument("--epoch-images", type=int, default=None,
                         help="images in the timed epoch (default: 50,000 on CUDA, 20 batches elsewhere)")
+    parser.add_argument("--loader-images", type=int, default=None,
+                        help="images per timed call of the loader pipelines (default: the epoch's)")
+    parser.add_argument("--bare-layouts", default="all", choices=["all", "project"],
+                        help="time the bare loop in every safe layout (all: NCHW, and NHWC where it is safe) "
+                             "or only in the project's (one torch.compile less)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
     parser.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
@@ -188,6 +193,8 @@ def main() -> None:
     layouts = {"nchw": torch.contiguous_format}
     if channels_last_is_fast(device):
         layouts["nhwc"] = torch.channels_last
+    if args.bare_layouts == "project":
+        layouts = {name: fmt for name, fmt in layouts.items() if fmt == runtime.memory_format}
     bare_runs = {}
     for layout, fmt in layouts.items():
         if fmt == runtime.memory_format:
@@ -218,7 +225,9 @@ def main() -> None:
     defaults = load_params(Path(__file__).resolve().parents[1] / "params.yaml")  # the models are its blocks
     autoaugment = pipelines.split_normalize(pipelines.build_train(
         defaults.model_augment("resnet50"), MEAN, STD, defaults.recipe("resnet50").autoaugment))[0]
-    loaders = {key: LoaderBatches(train_images, train_labels, p, batch, 0, workers=0, pin_memory=False)
+    loader_images = min(args.loader_images or epoch_images, epoch_images)
+    loaders = {key: LoaderBatches(train_images[:loader_images], train_labels[:loader_images], p, batch, 0,
+                                  workers=0, pin_memory=False)
                for key, p in (("loader_img_s_per_worker", pipeline),
                               ("loader_albumentations_img_s_per_worker", pipeline),
                               ("loader_autoaugment_img_s_per_worker", autoaugment))}
@@ -255,9 +264,11 @@ def main() -> None:
         "loader/albumentations": ratio("loader_img_s_per_worker", "loader_albumentations_img_s_per_worker"),
     }
     figures["ratios"]["bare_nhwc/bare_nchw"] = (ratio("bare_step_nhwc_img_s", "bare_step_nchw_img_s")
-                                                if "nhwc" in layouts else None)
+                                                if len(layouts) == 2 else None)
     figures["config"] = {"device": runtime.describe(), "model": args.model, "width": args.width,
-                         "batch_size": batch, "torch": str(torch.__version__)}
+                         "batch_size": batch, "steps": args.steps, "repeats": args.repeats,
+                         "epoch_images": len(batches) * batch, "loader_images": loader_images,
+                         "bare_layouts": sorted(layouts), "torch": str(torch.__version__)}
     report(figures, args.json)
 
 

@@ -172,10 +172,11 @@ def test_the_gpu_path_trains_on_cpu_with_compile_and_on_device_augmentation(prep
     assert "compile=True, gpu_augment=True" in result.stdout
     assert "augmenting in DataLoader workers instead" not in result.stdout
     state = weights(project)
-    assert state["params"]["runtime"] == {"device": "cpu", "compile": True, "gpu_augment": True,
-                                          "precision": "fp32", "deterministic": False,
+    expected = resolve(RuntimeParams(compile=True, gpu_augment=True))  # device auto: CUDA where there is one
+    assert state["params"]["runtime"] == {"device": str(expected.device), "compile": True, "gpu_augment": True,
+                                          "precision": expected.precision, "deterministic": False,
                                           "processes": 1, "sync_batchnorm": False,
-                                          "channels_last": resolve(RuntimeParams(device="cpu")).channels_last}
+                                          "channels_last": expected.channels_last}
     # The file holds the plain module's weights (no torch.compile `_orig_mod.` prefix), so
     # evaluate and any user load them into an uncompiled model.
     model = build_model("resnet18", width=state["width"])

@@ -12,6 +12,7 @@ statistics of the whole global batch (runtime.sync_batchnorm). Rank 0 alone writ
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ import signal
 import sys
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Iterator
 
@@ -36,7 +37,8 @@ from src.runtime import available_cores
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 # How often the launcher checks its processes: a dead one stops the run within about this.
 MONITOR_INTERVAL_S = 1.0
-# After a failure, the other processes get this long to exit on SIGTERM before SIGKILL.
+# After a failure, the other processes get this long to exit on SIGTERM before SIGKILL
+# (torch >= 2.12: LaunchConfig.shutdown_timeout; torch 2.11 waits its fixed 30 s).
 SHUTDOWN_TIMEOUT_S = 10
 
 
@@ -100,9 +102,12 @@ def launch(nproc: int, module_args: list[str], what: str, after_a_kill: str = ""
     # the cores. Each gets an equal share instead (set for the children only).
     threads_set_by_user = "OMP_NUM_THREADS" in os.environ
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // nproc)))
+    # torch 2.11 (a lent GPU machine's) has no shutdown_timeout field; 2.12 and later take it.
+    shutdown = ({"shutdown_timeout": SHUTDOWN_TIMEOUT_S}
+                if "shutdown_timeout" in {f.name for f in fields(LaunchConfig)} else {})
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-                          monitor_interval=MONITOR_INTERVAL_S, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+                          monitor_interval=MONITOR_INTERVAL_S, **shutdown)
     try:
         elastic_launch(config, sys.executable)(*module_args)
     except SignalException:  # Ctrl-C or a kill of the launcher: it has stopped the processes
@@ -173,8 +178,13 @@ def wrap(model: nn.Module, processes: Processes, sync_batchnorm: bool) -> tuple[
             if type(module) is nn.BatchNorm2d:
                 module.__class__ = GlobalBatchNorm  # a subclass with the same state: only forward() differs
     # Identical BatchNorm buffers everywhere when synchronised: no need to broadcast them each step.
+    # torch >= 2.13 names this forward_sync_buffers; torch 2.11 (a lent GPU machine's) has only
+    # broadcast_buffers, whose False also skips the buffers' broadcast at start-up: the same there
+    # too, since every process builds the model from the same seed.
+    buffers = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else "broadcast_buffers")
     forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                      forward_sync_buffers=not sync_batchnorm)
+                                      **{buffers: not sync_batchnorm})
     return model, forward
 
 
