@@ -142,7 +142,8 @@ def test_adding_a_model_retrains_nothing_else_and_removing_it_leaves_the_others(
     assert len(pairs) == 6 and {tuple(sorted(p["pair"].split("_vs_"))) for p in pairs} == {
         tuple(sorted((a, b))) for i, a in enumerate(models) for b in models[i + 1:]}
     expected = holm([p["mcnemar_p"] for p in pairs])
-    assert [p["mcnemar_p_holm"] for p in pairs] == pytest.approx(expected, abs=2e-4)
+    # Both sides rounded to 4 decimals: Holm multiplies the rounded p (error <= 5e-5) by up to 6.
+    assert [p["mcnemar_p_holm"] for p in pairs] == pytest.approx(expected, abs=4e-4)
 
     # The report, the app's model table, src.compare and src.classify include it.
     report = (root / "plots/report.md").read_text()
