@@ -115,24 +115,18 @@ def cifar_archive(tmp_path_factory) -> Archive:
 
 
 # The longest files go first, longest first: pytest-xdist hands out whole files (--dist loadfile)
-# in collection order, so a long file handed out last runs on alone after the rest (measured
-# with --junitxml: each file's summed test time, longest first; the rest keep their order).
-LONG_FILES = ("test_sweep.py", "test_dvc_train.py", "test_distributed.py", "test_recipe_options.py",
-              "test_evaluate.py", "test_faults.py", "test_pipeline_e2e.py", "test_batch_augment.py",
-              "test_compare.py", "test_plots_page.py", "test_app.py", "test_train.py", "test_queue.py",
-              "test_classify.py", "test_add_model.py")
+# in collection order, so a long file handed out last runs on alone after the rest. The files of
+# many sequential `dvc exp run`s (e2e, compare, queue) lead: each is one long chain that no second
+# process can shorten. The rest keep their order.
+LONG_FILES = ("test_sweep.py", "test_pipeline_e2e.py", "test_distributed.py", "test_compare.py",
+              "test_queue.py", "test_dvc_train.py", "test_recipe_options.py", "test_evaluate.py",
+              "test_faults.py", "test_batch_augment.py", "test_plots_page.py", "test_app.py",
+              "test_train.py", "test_classify.py", "test_add_model.py")
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: position for position, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
-
-
-def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: at least 3 processes. The suite mostly waits on subprocesses (dvc, stages) that
-    start single-threaded, so on 2 cores 2 processes kept them about 75% busy; a third fills the
-    gaps. pytest.ini's --maxprocesses caps it on larger machines."""
-    return max(3, os.cpu_count() or 1)
 
 
 def pytest_terminal_summary(terminalreporter):
