@@ -94,10 +94,12 @@ def test_no_train_stage_depends_on_evaluate_or_report_code(name):
         assert not re.search(r"(evaluate|report)", dep), f"{name} depends on {dep}"
 
 
-# User commands (`python -m src.compare`, `python -m src.classify`, `python -m src.sweep`) and the
-# code only they and app.py share: they read the pipeline's results or run DVC, no stage runs them.
+# User commands (`python -m src.compare`, `python -m src.classify`, `python -m src.sweep`,
+# `python -m src.space`) and the code only they and app.py share (src/serving.py): they read the
+# pipeline's results or run DVC, no stage runs them.
 COMMANDS = {ROOT / "src" / "compare.py", ROOT / "src" / "classify.py", ROOT / "src" / "classifier.py",
             ROOT / "src" / "images.py", ROOT / "src" / "experiments.py", ROOT / "src" / "sweep.py",
+            ROOT / "src" / "serving.py", ROOT / "src" / "space.py",
             *(ROOT / "src" / "tuning").glob("*.py")}
 
 
