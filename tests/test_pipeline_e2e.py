@@ -134,9 +134,8 @@ def test_the_readme_experiments_read_in_a_120_column_terminal(repo):
                 assert f" {summary[model]['top1']:.5g} " in row, (model, row)
         params = state["data"]["params"]["params.yaml"]["data"]
         assert f" {params['lr']:g} " in row and f" {params['model']['resnet50']['mixup_alpha']:g} " in row
-    header = next(line for line in shown.splitlines() if "Experiment" in line)
-    for column in ("Experiment", "resnet18.top1", "resnet34.top1", "resnet50.top1", "lr",
-                   "model.resnet50.mixup_alpha"):
+    assert any(f"{model}.top1" in header for model in MODELS), header
+    for column in ("Experiment", "lr", "model.resnet50.mixup_alpha"):  # the top-1s: checked above
         assert column in header, header
 
 
