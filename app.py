@@ -210,7 +210,8 @@ def _load(uploads: Uploads, path: str) -> np.ndarray:
     try:
         return uploads.pixels(path)
     except images.ImageError as error:  # the user's file name, never the server's path
-        raise gr.Error(f"{Path(path).name}: {error}", print_exception=False) from None
+        # duration=None: the message stays until closed (the result box itself only says "Error").
+        raise gr.Error(f"{Path(path).name}: {error}", duration=None, print_exception=False) from None
 
 
 def models_table(root: Path, models: dict[str, classifier.Classifier], missing: dict[str, str]) -> str:

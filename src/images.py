@@ -6,7 +6,9 @@ and every problem is an ImageError whose message says what is wrong (the caller 
 from __future__ import annotations
 
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,11 +28,14 @@ class ImageError(Exception):
     """An input that cannot be classified; the message says why (the caller names the file)."""
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path,
+               decoding: Callable[[Image.Image], AbstractContextManager] | None = None) -> np.ndarray:
     """Any image file Pillow reads -> uint8 (32, 32, 3) RGB as the model sees it.
 
     EXIF orientation is applied, then the image becomes RGB (see to_rgb) and its central
     square is resized to 32x32; a 32x32 image is used as it is. Raises ImageError.
+    `decoding(image)`, when given, is entered around the decoding of the opened image (its header
+    read and its size checked): a server uses it to limit how many large images decode at once.
     """
     try:
         if Path(path).stat().st_size == 0:  # Pillow would call it "not an image"
@@ -41,7 +46,8 @@ def load_image(path: str | Path) -> np.ndarray:
             with Image.open(path) as image:
                 _check_size(image)
                 image.draft(None, (DRAFT, DRAFT))  # JPEG only; other formats ignore it
-                rgb = to_rgb(_upright(image))
+                with decoding(image) if decoding else nullcontext():
+                    rgb = to_rgb(_upright(image))
     except ImageError:
         raise
     except FileNotFoundError:

@@ -14,7 +14,6 @@ import os
 import queue
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
@@ -196,8 +195,7 @@ class Uploads:
         if mine:
             start = time.perf_counter()
             try:
-                with self._large if _large(path) else nullcontext():
-                    future.set_result(images.load_image(path))
+                future.set_result(images.load_image(path, self._decode_slot))
             except images.ImageError as error:  # kept without its traceback, which holds the decoder's frames
                 future.set_exception(images.ImageError(str(error)))
             self.stats.add(decode_s=time.perf_counter() - start)
@@ -221,6 +219,10 @@ class Uploads:
                 self.sweep()
         threading.Thread(target=loop, name="upload-sweeper", daemon=True).start()
 
+    def _decode_slot(self, image: Image.Image):
+        """For an image over LARGE pixels that is not a JPEG, one of the LARGE_AT_ONCE places."""
+        return self._large if image.width * image.height > LARGE and image.format != "JPEG" else nullcontext()
+
     def remove(self, path: str) -> None:
         """Delete the file if a user uploaded it (and it is still there)."""
         if path in self.served:
@@ -230,13 +232,3 @@ class Uploads:
             except FileNotFoundError:
                 pass
 
-
-def _large(path: str) -> bool:
-    """Whether the file's header announces more than LARGE pixels of another format than JPEG."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:  # reads the header only
-                return image.width * image.height > LARGE and image.format != "JPEG"
-    except Exception:  # noqa: BLE001 -- not an image, a bomb...: load_image says what is wrong
-        return False

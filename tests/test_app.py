@@ -52,6 +52,8 @@ BROWSER_TIMEOUT = 60
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 # Where the browser test also copies its screenshot when set (the README's docs/app.png).
 SCREENSHOT_COPY = os.environ.get("APP_SCREENSHOT")
+# A folder where the bad-upload test also saves what the page shows for each bad file, when set.
+BAD_UPLOAD_SCREENSHOTS = os.environ.get("APP_BAD_UPLOAD_SCREENSHOTS")
 
 
 class OutboundRecorder(socketserver.ThreadingTCPServer):
@@ -425,6 +427,8 @@ def test_the_page_shows_a_bad_file_or_one_over_the_limit_in_a_line(app, browser,
     notes, message = bad_files["not an image"]
     browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(notes))
     wait.until(lambda d: f"{notes.name}: {message}" in d.find_element(By.TAG_NAME, "body").text)
+    if BAD_UPLOAD_SCREENSHOTS:
+        browser.save_screenshot(str(Path(BAD_UPLOAD_SCREENSHOTS) / "bad-upload-not-an-image.png"))
     big = tmp_path / "big.jpg"
     big.write_bytes(np.random.default_rng(0).bytes(1_200_000))
     browser.refresh()
@@ -432,6 +436,8 @@ def test_the_page_shows_a_bad_file_or_one_over_the_limit_in_a_line(app, browser,
     browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(big))
     wait.until(lambda d: "big.jpg" in d.find_element(By.TAG_NAME, "body").text)
     text = browser.find_element(By.TAG_NAME, "body").text
+    if BAD_UPLOAD_SCREENSHOTS:
+        browser.save_screenshot(str(Path(BAD_UPLOAD_SCREENSHOTS) / "bad-upload-over-the-limit.png"))
     assert 'File(s) exceed the maximum allowed size of 1.0 Mb: "big.jpg"' in text and str(app.temp) not in text, text
 
 
