@@ -17,7 +17,7 @@ import pytest
 import yaml
 from optuna import distributions
 
-from conftest import BIN_DIR, ROOT, TINY, keep_models, ok, run_cmd, start_cmd, tiny_repo
+from conftest import BIN_DIR, ROOT, TINY, drop_report, keep_models, ok, run_cmd, start_cmd, tiny_repo
 from src.errors import UserError
 from src.tuning.space import load_space
 
@@ -33,10 +33,7 @@ def repo(tmp_path_factory, cifar_archive, http_server):
     project = tiny_repo(tmp_path_factory.mktemp("sweep") / "project", cifar_archive, http_server)
     project.set_params(LEARNS)
     keep_models(project, ["resnet18"])
-    # Nor the report: a sweep reads metrics only, and each trial then runs in seconds less.
-    pipeline = yaml.safe_load((project.root / "dvc.yaml").read_text())
-    del pipeline["stages"]["report"]
-    (project.root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    drop_report(project)  # a sweep reads metrics only
     ok(project.dvc("repro", "augment"))
     project.git("add", "-A")
     ok(project.git("commit", "-q", "-m", "baseline: one model"))
