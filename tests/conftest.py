@@ -369,6 +369,29 @@ def tiny_repo(path: Path, archive: "Archive", server: "HttpServer") -> Project:
     return project
 
 
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory, cifar_archive, http_server) -> Project:
+    """A committed tiny project after a whole `dvc repro` (2 epochs: curves of more than one point),
+    made once per test process: files that start from a trained pipeline copy it (`copy_project`)
+    rather than each paying the seven stages again."""
+    project = tiny_repo(tmp_path_factory.mktemp("trained") / "project", cifar_archive, http_server)
+    project.set_params({"epochs": 2})
+    ok(project.dvc("repro"))
+    ok(project.git("add", "-A"))
+    ok(project.git("commit", "-q", "-m", "trained: the tiny pipeline"))
+    return project
+
+
+def copy_project(project: Project, dest: Path) -> Project:
+    """A copy of `project` at `dest`: git history, DVC cache and outputs, with a site cache of its
+    own (DVC's per-repository state, such as its index, is keyed by the path) and none of .dvc/tmp."""
+    shutil.copytree(project.root, dest, symlinks=True, ignore=lambda folder, names:
+                    ["tmp"] if Path(folder) == project.root / ".dvc" else [])
+    site_cache = dest.parent / f"{dest.name}-dvc-site-cache"
+    site_cache.mkdir(exist_ok=True)
+    return Project(dest, env={**project.env, "DVC_SITE_CACHE_DIR": str(site_cache)})
+
+
 def keep_models(project: Project, names: list[str]) -> None:
     """Remove every other model from a project copy, as README "Add a model" adds one (its
     params block and reference, its train stage, its evaluate dep): a pipeline of `names` only."""

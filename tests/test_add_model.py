@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import MODELS, ROOT, TRAIN_STAGES, ok, ran_stages, run_cmd, tiny_repo
+from conftest import MODELS, ROOT, TRAIN_STAGES, copy_project, ok, ran_stages, run_cmd
 from test_dvc_pipeline import _resolved_stages, written_out
 
 NEW = "resnet101"
@@ -77,12 +77,9 @@ def holm(p_values: list[float]) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, cifar_archive, http_server):
-    repo = tiny_repo(tmp_path_factory.mktemp("add-model") / "project", cifar_archive, http_server)
-    ok(repo.dvc("repro"))
-    ok(repo.git("add", "-A"))
-    ok(repo.git("commit", "-q", "-m", "three models"))
-    return repo
+def project(tmp_path_factory, trained_tiny):
+    """The three models trained and committed."""
+    return copy_project(trained_tiny, tmp_path_factory.mktemp("add-model") / "project")
 
 
 def test_the_readme_steps_are_three_edits_and_the_stage_resolves_as_written_out(tmp_path):

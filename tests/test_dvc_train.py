@@ -5,20 +5,15 @@ import json
 
 import pytest
 
-from conftest import TRAIN_STAGES, ran_stages, tiny_repo
+from conftest import TRAIN_STAGES, copy_project, ran_stages
 
 UPSTREAM = ["download", "augment", *sorted(TRAIN_STAGES)]
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, cifar_archive, http_server):
-    """A git repository where `dvc repro` has run the download, augment and train stages."""
-    project = tiny_repo(tmp_path_factory.mktemp("dvc_train") / "project", cifar_archive, http_server)
-    result = project.dvc("repro", *UPSTREAM)
-    assert result.returncode == 0, result.stdout + result.stderr
-    project.git("add", "-A")
-    assert project.git("commit", "-q", "-m", "trained").returncode == 0
-    return project
+def repo(tmp_path_factory, trained_tiny):
+    """A git repository where `dvc repro` has run every stage (2 epochs), committed."""
+    return copy_project(trained_tiny, tmp_path_factory.mktemp("dvc_train") / "project")
 
 
 def changed_stages(project) -> set[str]:
@@ -33,7 +28,7 @@ def test_a_clean_repro_leaves_nothing_to_do(repo):
 
 @pytest.mark.parametrize("change, expected", [
     ({"lr": 0.05}, TRAIN_STAGES),
-    ({"epochs": 2}, TRAIN_STAGES),
+    ({"epochs": 3}, TRAIN_STAGES),
     ({"model.resnet50.mixup_alpha": 0.4}, {"train-resnet50"}),
     ({"model.resnet18.lr_scale": 0.5}, {"train-resnet18"}),
     # A shared augmentation key reaches every model (and the augment stage's preview); a model's
@@ -69,4 +64,4 @@ def test_exp_run_with_lr_retrains_the_three_models_only_and_the_run_cache_restor
     result = repo.dvc("exp", "run", "-S", "lr=0.1", *sorted(TRAIN_STAGES))
     assert result.returncode == 0, result.stdout + result.stderr
     assert not ran_stages(result.stdout) & TRAIN_STAGES, result.stdout
-    assert "epoch 1/1" not in result.stdout + result.stderr
+    assert "epoch 1/" not in result.stdout + result.stderr

@@ -26,7 +26,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from conftest import MODELS, ROOT, ok, tiny_repo
+from conftest import MODELS, ROOT, copy_project, ok
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 DRAW_TIMEOUT = 120  # seconds for every plot of a page to draw (a few on an idle machine)
@@ -108,14 +108,14 @@ def require_chromium() -> None:
 
 
 @pytest.fixture(scope="module")
-def pages(tmp_path_factory, cifar_archive, http_server) -> dict:
+def pages(tmp_path_factory, request) -> dict:
     """{'show': index.html of `dvc plots show`, 'diff': of `dvc plots diff HEAD`, 'project': ...}."""
     require_chromium()  # before the pipeline runs: without a browser nothing here uses the pages
-    repo = tiny_repo(tmp_path_factory.mktemp("plots") / "project", cifar_archive, http_server)
-    repo.set_params({"epochs": 2})  # curves of 2 epochs (ResNet-50: 4), not single points
-    ok(repo.dvc("repro"))  # the report too: it writes every model's curves in one table
-    ok(repo.git("add", "-A"))
-    ok(repo.git("commit", "-q", "-m", "tiny run"))
+    # Committed after a whole repro (the report too: it writes every model's curves in one table),
+    # curves of 2 epochs (ResNet-50: 4), not single points.
+    trained = request.getfixturevalue("trained_tiny")
+    assert trained.params()["epochs"] == 2
+    repo = copy_project(trained, tmp_path_factory.mktemp("plots") / "project")
     repo.set_params({"model.resnet18.lr_scale": 0.5})  # re-trains ResNet-18 only, then evaluates
     ok(repo.dvc("repro"))
     out = tmp_path_factory.mktemp("pages")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TRAIN_STAGES, Project, ok, ran_stages, run_cmd, tiny_repo
+from conftest import TRAIN_STAGES, Project, copy_project, ok, ran_stages, run_cmd
 
 EXP = "shared-lr"
 OUTPUT_FOLDERS = ("data", "models", "metrics", "plots")  # every DVC output, cached or in git
@@ -49,13 +49,13 @@ class Shared:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory, cifar_archive, http_server) -> Shared:
-    """A runs the pipeline and pushes it (DVC remote + git); B is a fresh clone that pulled."""
+def shared(tmp_path_factory, trained_tiny) -> Shared:
+    """A ran the pipeline (a copy of the trained tiny project) and pushes it (DVC remote + git); B
+    is a fresh clone that pulled."""
     tmp = tmp_path_factory.mktemp("remote")
     remote, origin = tmp / "dvc-remote", tmp / "origin.git"
-    a = tiny_repo(tmp / "a", cifar_archive, http_server)
+    a = copy_project(trained_tiny, tmp / "a")
     ok(a.dvc("remote", "add", "-d", "shared", str(remote)))
-    ok(a.dvc("repro"))
     # What an interrupted run leaves behind: resume points are local, never shared.
     checkpoint = b"resume point " + os.urandom(64)
     assert (a.root / "checkpoints").is_dir()  # the train stages write their resume points there
