@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from filelock import FileLock
 import torch
 import yaml
 
 import cifar_archive as ca
+from project_copy import copy_tracked_files, remove_models
 from src.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,15 +288,7 @@ class Project:
 
 def copy_working_tree(dest: Path, git: bool = True) -> Project:
     """Copy tracked and untracked-but-not-ignored files of the repo to `dest`; git-init it."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    dest.mkdir(parents=True, exist_ok=True)
-    for rel in filter(None, listed):
-        source = ROOT / rel
-        if not source.is_file():  # deleted in the working tree
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, dest / rel)
+    copy_tracked_files(dest)
     site_cache = dest.parent / f"{dest.name}-dvc-site-cache"
     site_cache.mkdir(exist_ok=True)
     project = Project(dest, env={"DVC_SITE_CACHE_DIR": str(site_cache)})
@@ -370,16 +364,26 @@ def tiny_repo(path: Path, archive: "Archive", server: "HttpServer") -> Project:
 
 
 @pytest.fixture(scope="session")
-def trained_tiny(tmp_path_factory, cifar_archive, http_server) -> Project:
+def trained_tiny(tmp_path_factory, worker_id, cifar_archive, http_server) -> Project:
     """A committed tiny project after a whole `dvc repro` (2 epochs: curves of more than one point),
-    made once per test process: files that start from a trained pipeline copy it (`copy_project`)
-    rather than each paying the seven stages again."""
-    project = tiny_repo(tmp_path_factory.mktemp("trained") / "project", cifar_archive, http_server)
-    project.set_params({"epochs": 2})
-    ok(project.dvc("repro"))
-    ok(project.git("add", "-A"))
-    ok(project.git("commit", "-q", "-m", "trained: the tiny pipeline"))
-    return project
+    made once per test session, by the first test process that asks (the others wait for it under
+    a file lock): files that start from a trained pipeline copy it (`copy_project`) rather than each
+    paying the seven stages again. Nothing changes it in place. Its data.url is the builder's
+    server; the copies never download again (only params changes would re-run that stage)."""
+    # pytest-xdist's processes share the parent of their own temporary folders (pytest-N).
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    folder = shared / "trained-tiny"
+    done = folder / "done"  # the project's environment, written once it is built
+    with FileLock(f"{folder}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            project = tiny_repo(folder / "project", cifar_archive, http_server)
+            project.set_params({"epochs": 2})
+            ok(project.dvc("repro"))
+            ok(project.git("add", "-A"))
+            ok(project.git("commit", "-q", "-m", "trained: the tiny pipeline"))
+            done.write_text(json.dumps(project.env))
+    return Project(folder / "project", env=json.loads(done.read_text()))
 
 
 def copy_project(project: Project, dest: Path) -> Project:
@@ -395,17 +399,9 @@ def copy_project(project: Project, dest: Path) -> Project:
 def keep_models(project: Project, names: list[str]) -> None:
     """Remove every other model from a project copy, as README "Add a model" adds one (its
     params block and reference, its train stage, its evaluate dep): a pipeline of `names` only."""
-    params = project.params()
-    for name in set(MODELS) - set(names):
-        del params["model"][name]
-        params["reference"].pop(name, None)
+    params, pipeline = project.params(), yaml.safe_load((project.root / "dvc.yaml").read_text())
+    remove_models(params, pipeline, names)
     (project.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    pipeline = yaml.safe_load((project.root / "dvc.yaml").read_text())
-    stages = pipeline["stages"]
-    for name in set(MODELS) - set(names):
-        del stages[f"train-{name}"]
-    stages["evaluate"]["deps"] = [d for d in stages["evaluate"]["deps"]
-                                  if not d.startswith("models/") or d[len("models/"):-len(".pt")] in names]
     (project.root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
 
 
@@ -426,17 +422,30 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 TRAIN_STAGES = {f"train-{name}" for name in MODELS}
 
 
-def run_queue(project: Project, jobs: int, expected: int, timeout: float) -> str:
-    """`dvc queue start -j jobs`, wait until nothing is queued or running; assert `expected`
-    tasks succeeded and return the last `dvc queue status`."""
+QUEUE_RESULTS = Path(".dvc/tmp/exps/celery/result")  # one file per task DVC's queue finished, as src/tuning/trials.py reads
+
+
+def run_queue(project: Project, jobs: int, expected: int, timeout: float, tasks: int | None = None) -> str:
+    """`dvc queue start -j jobs` for the `tasks` queued (default: `expected`), wait until nothing
+    is queued or running; assert `expected` tasks succeeded in all (`dvc queue status` lists the
+    earlier ones too) and return the last `dvc queue status`."""
+    def ended() -> int:
+        results = project.root / QUEUE_RESULTS
+        return len(list(results.iterdir())) if results.is_dir() else 0
+
+    target = ended() + (expected if tasks is None else tasks)
     ok(project.dvc("queue", "start", "-j", str(jobs)))
     deadline = time.monotonic() + timeout
+    # First the files the queue writes as each task ends: a `dvc queue status` costs seconds of
+    # CPU, taken from the tasks on the same cores. Then DVC's own word.
+    while ended() < target and time.monotonic() < deadline:
+        time.sleep(1)
     while True:
         status = ok(project.dvc("queue", "status")).stdout
         if not any(word in status for word in ("Queued", "Running")):
             break
         assert time.monotonic() < deadline, status
-        time.sleep(5)  # each status call costs a core-second
+        time.sleep(5)
     assert status.count("Success") == expected, status
     return status
 

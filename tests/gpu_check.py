@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from project_copy import ROOT, copy_tracked_files, remove_models
 PARTS = ("setup", "tests", "resnet18", "resnet50", "distributed", "repro")
 # The H100 goals of README "The GPU path" (train img/s at batch 512, epoch / step).
 GOALS = {"resnet18": 25_000, "resnet50": 8_000}
@@ -58,30 +58,18 @@ def environment(args) -> None:
 def copy_working_tree(work: Path) -> Path:
     """work/project: the tracked and untracked-not-ignored files of this checkout."""
     shutil.rmtree(work, ignore_errors=True)
-    project = work / "project"
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        if (ROOT / rel).is_file():
-            (project / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, project / rel)
-    return project
+    copy_tracked_files(work / "project")
+    return work / "project"
 
 
 def keep_models(project: Path, params: dict, names: list[str] | None) -> list[str]:
-    """Remove every model but `names` (all when None) from `params` and the copy's dvc.yaml, as
-    README "Add a model" removes one: a pipeline of these models only. Returns the models kept."""
+    """Remove every model but `names` (all when None) from `params` and the copy's dvc.yaml: a
+    pipeline of these models only. Returns the models kept."""
     import yaml
-    models = [name for name, block in params["model"].items() if isinstance(block, dict)]
     if not names:
-        return models
+        return [name for name, block in params["model"].items() if isinstance(block, dict)]
     pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
-    for name in set(models) - set(names):
-        del params["model"][name], pipeline["stages"][f"train-{name}"]
-        params["reference"].pop(name, None)
-    pipeline["stages"]["evaluate"]["deps"] = [
-        dep for dep in pipeline["stages"]["evaluate"]["deps"]
-        if not dep.startswith("models/") or dep[len("models/"):-len(".pt")] in names]
+    remove_models(params, pipeline, names)
     (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     return list(names)
 

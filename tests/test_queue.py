@@ -61,7 +61,7 @@ def test_queued_experiments_pinned_one_per_gpu(repo):
     on_gpus = torch.cuda.device_count() >= len(names)
     succeeded_before = ok(repo.dvc("queue", "status")).stdout.count("Success")  # this module's other tasks
     status = run_queue(repo, jobs=len(names), expected=succeeded_before + (len(names) if on_gpus else 0),
-                       timeout=900)
+                       timeout=900, tasks=len(names))
     for device, name in names.items():
         if on_gpus:  # each model file records the GPU that trained it
             ok(repo.dvc("exp", "apply", name))
