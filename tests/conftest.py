@@ -30,6 +30,7 @@ import yaml
 import cifar_archive as ca
 from project_copy import copy_tracked_files, remove_models
 from src.params import load_params
+from src.tuning.trials import RESULTS as QUEUE_RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -121,12 +122,13 @@ def cifar_archive(tmp_path_factory) -> Archive:
 # The longest files go first, longest first: pytest-xdist hands out whole files (--dist loadfile,
 # --no-loadscope-reorder in pytest.ini) in collection order, so a long file handed out last runs on
 # alone after the rest. Measured with SUITE_CPU_PROFILE on the 2-core CI run (seconds of wall time per
-# file, 2026-12-03): e2e 971, sweep 568, distributed 447, compare 313, add_model 286, queue 258,
-# plots_page 202, remote 198, faults 193, dvc_train 184, recipe_options 164, app 146, evaluate 129,
-# every other file under 60. The rest keep their order.
+# file, 2026-12-03, 0cdb84e): e2e 758, sweep 557, distributed 478, compare 312, add_model 307 (it
+# built the trained tiny project then; now one process builds it per session), queue 217, faults 208,
+# recipe_options 142, remote 137, dvc_train 124, app 120, evaluate 108, batch_augment 96,
+# plots_page 79, every other file under 62. The rest keep their order.
 LONG_FILES = ("test_pipeline_e2e.py", "test_sweep.py", "test_distributed.py", "test_compare.py",
-              "test_add_model.py", "test_queue.py", "test_plots_page.py", "test_remote.py", "test_faults.py",
-              "test_dvc_train.py", "test_recipe_options.py", "test_app.py", "test_evaluate.py")
+              "test_add_model.py", "test_queue.py", "test_faults.py", "test_recipe_options.py", "test_remote.py",
+              "test_dvc_train.py", "test_app.py", "test_evaluate.py", "test_batch_augment.py", "test_plots_page.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -422,30 +424,33 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 TRAIN_STAGES = {f"train-{name}" for name in MODELS}
 
 
-QUEUE_RESULTS = Path(".dvc/tmp/exps/celery/result")  # one file per task DVC's queue finished, as src/tuning/trials.py reads
+def wait_until_queue_idle(project: Project, timeout: float, poll_s: float = 5) -> str:
+    """Ask `dvc queue status` every `poll_s` seconds (each call costs seconds of CPU, taken from the
+    tasks on the same cores) until nothing is queued or running; return that status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = project.dvc("queue", "status")
+        # It fails now and then while a worker writes a task's files ("Expecting value"): ask again.
+        if status.returncode == 0 and not any(word in status.stdout for word in ("Queued", "Running")):
+            return status.stdout
+        assert time.monotonic() < deadline, status.stdout + status.stderr
+        time.sleep(poll_s)
 
 
 def run_queue(project: Project, jobs: int, expected: int, timeout: float, tasks: int | None = None) -> str:
     """`dvc queue start -j jobs` for the `tasks` queued (default: `expected`), wait until nothing
     is queued or running; assert `expected` tasks succeeded in all (`dvc queue status` lists the
     earlier ones too) and return the last `dvc queue status`."""
-    def ended() -> int:
+    def ended() -> int:  # the files DVC's queue writes as each task ends, as the sweep driver reads them
         results = project.root / QUEUE_RESULTS
         return len(list(results.iterdir())) if results.is_dir() else 0
 
     target = ended() + (expected if tasks is None else tasks)
     ok(project.dvc("queue", "start", "-j", str(jobs)))
     deadline = time.monotonic() + timeout
-    # First the files the queue writes as each task ends: a `dvc queue status` costs seconds of
-    # CPU, taken from the tasks on the same cores. Then DVC's own word.
-    while ended() < target and time.monotonic() < deadline:
+    while ended() < target and time.monotonic() < deadline:  # no process started: first these files
         time.sleep(1)
-    while True:
-        status = ok(project.dvc("queue", "status")).stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(5)
+    status = wait_until_queue_idle(project, max(deadline - time.monotonic(), 0))  # then DVC's own word
     assert status.count("Success") == expected, status
     return status
 

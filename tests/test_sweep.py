@@ -17,7 +17,8 @@ import pytest
 import yaml
 from optuna import distributions
 
-from conftest import BIN_DIR, ROOT, TINY, drop_report, keep_models, ok, run_cmd, start_cmd, tiny_repo
+from conftest import (BIN_DIR, ROOT, TINY, drop_report, keep_models, ok, run_cmd, start_cmd, tiny_repo,
+                      wait_until_queue_idle)
 from src.errors import UserError
 from src.tuning.space import load_space
 
@@ -131,17 +132,6 @@ def test_a_failed_trial_is_recorded_with_its_log_hint_and_the_sweep_goes_on(repo
 
 # ------------------------------------------------------------------ a sweep killed and resumed, then --final
 
-def wait_until_queue_idle(repo, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = repo.dvc("queue", "status")
-        # It fails now and then while a worker writes a task's files ("Expecting value"): ask again.
-        if status.returncode == 0 and not any(word in status.stdout for word in ("Queued", "Running")):
-            return
-        assert time.monotonic() < deadline, status.stdout + status.stderr
-        time.sleep(10)  # each call costs seconds of CPU, taken from the trials on the same cores
-
-
 def test_random_sweep_resumes_after_kill_9_and_final_scores_the_test_split_once(repo):
     space = write_space(repo, "lr", SPACE)
     # Two at a time: the kill comes once two trials have finished, with the other two queued.
@@ -156,7 +146,7 @@ def test_random_sweep_resumes_after_kill_9_and_final_scores_the_test_split_once(
         finished += "val top-1" in line
     driver.send_signal(signal.SIGKILL)
     driver.wait(30)
-    wait_until_queue_idle(repo)  # the trials it left queued finish while no driver runs
+    wait_until_queue_idle(repo, timeout=600, poll_s=10)  # the trials it left queued finish while no driver runs
 
     result = ok(sweep(repo, space, "--trials", "4", "--sampler", "random", "--jobs", "2", "--final", "--json"))
     report = json.loads(result.stdout)
@@ -167,8 +157,7 @@ def test_random_sweep_resumes_after_kill_9_and_final_scores_the_test_split_once(
     assert names == [f"lr-t{n}" for n in range(4)] and all(t["state"] == "complete" for t in trials), trials
     refs = exp_refs(repo)
     # None ran twice: each trial is one task of DVC's queue, and one experiment.
-    wait_until_queue_idle(repo)
-    status = ok(repo.dvc("queue", "status")).stdout
+    status = wait_until_queue_idle(repo, timeout=600, poll_s=10)
     assert [status.count(f" {name} ") for name in names] == [1] * 4, status
     assert sorted(n for n in refs if n.startswith("lr-t")) == names
 
