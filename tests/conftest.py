@@ -132,13 +132,20 @@ def cifar_archive(tmp_path_factory) -> Archive:
 # The longest files go first, longest first: pytest-xdist hands out whole files (--dist loadfile,
 # --no-loadscope-reorder in pytest.ini) in collection order, so a long file handed out last runs on
 # alone after the rest. Measured with SUITE_CPU_PROFILE on the 2-core CI run (seconds of wall time per
-# file, 2026-12-03, 0cdb84e): e2e 758, sweep 557, distributed 478, compare 312, add_model 307 (it
-# built the trained tiny project then; now one process builds it per session), queue 217, faults 208,
-# recipe_options 142, remote 137, dvc_train 124, app 120, evaluate 108, batch_augment 96,
-# plots_page 79, every other file under 62. The rest keep their order.
-LONG_FILES = ("test_pipeline_e2e.py", "test_sweep.py", "test_distributed.py", "test_compare.py",
-              "test_add_model.py", "test_queue.py", "test_faults.py", "test_recipe_options.py", "test_remote.py",
-              "test_dvc_train.py", "test_app.py", "test_evaluate.py", "test_batch_augment.py", "test_plots_page.py")
+# file, 2026-12-03, cb4c7bf, two processes): e2e 582 (it built the trained tiny project), distributed
+# 459, sweep 403, compare 293, add_model 196, queue 194, faults 131, app 129, evaluate 128,
+# recipe_options 101, classify 93, dvc_train 92, plots_page 77, remote 74, batch_augment 66, every
+# other file under 64. The rest keep their order.
+LONG_FILES = ("test_pipeline_e2e.py", "test_distributed.py", "test_sweep.py", "test_compare.py", "test_add_model.py",
+              "test_queue.py", "test_faults.py", "test_app.py", "test_evaluate.py", "test_recipe_options.py",
+              "test_classify.py", "test_dvc_train.py", "test_plots_page.py", "test_remote.py", "test_batch_augment.py")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """-n auto: one test process more than cores (pytest.ini caps it at 4). Much of a test's time
+    is waiting (git, DVC's file checks, queue polls, a browser), and one OpenMP thread each
+    (above) lets a third process use it without the processes slowing each other's math."""
+    return (os.cpu_count() or 1) + 1
 
 
 def pytest_collection_modifyitems(items):
