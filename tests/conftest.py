@@ -23,10 +23,11 @@ from typing import Any
 
 # Each test process, and every command it starts (stages, dvc and its queue workers, torchrun's
 # ranks), does its math on its share of the cores: pytest-xdist runs one process per core, and
-# torch's default of one OpenMP thread per core in each of them oversubscribes the cores. Two
-# tiny trainings at once on these 2 cores took 44.5 s at 2 threads each and 26.3 s at 1 thread
-# each (2026-12-03). Set before numpy and torch are imported: both read it then. A run in one
-# process (-n 0) keeps torch's default.
+# torch's default of one OpenMP thread per core in each of them oversubscribes the cores. Two tiny
+# trainings at once on these 2 cores took 44.5 s at 2 threads each and 26.3 s at 1 thread each
+# (2026-12-03). A third process (one thread each) made the suite slower: the tests it had finished
+# after 13 minutes had taken two processes 9. Set before numpy and torch are imported: both read
+# it then. A run in one process (-n 0) keeps torch's default.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # a test process of pytest-xdist (not its controller)
     _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
@@ -139,13 +140,6 @@ def cifar_archive(tmp_path_factory) -> Archive:
 LONG_FILES = ("test_pipeline_e2e.py", "test_distributed.py", "test_sweep.py", "test_compare.py", "test_add_model.py",
               "test_queue.py", "test_faults.py", "test_app.py", "test_evaluate.py", "test_recipe_options.py",
               "test_classify.py", "test_dvc_train.py", "test_plots_page.py", "test_remote.py", "test_batch_augment.py")
-
-
-def pytest_xdist_auto_num_workers(config):
-    """-n auto: one test process more than cores (pytest.ini caps it at 4). Much of a test's time
-    is waiting (git, DVC's file checks, queue polls, a browser), and one OpenMP thread each
-    (above) lets a third process use it without the processes slowing each other's math."""
-    return (os.cpu_count() or 1) + 1
 
 
 def pytest_collection_modifyitems(items):
@@ -388,7 +382,10 @@ def trained_tiny(tmp_path_factory, worker_id, cifar_archive, http_server) -> Pro
     made once per test session, by the first test process that asks (the others wait for it under
     a file lock): files that start from a trained pipeline copy it (`copy_project`) rather than each
     paying the seven stages again. Nothing changes it in place. Its data.url is the builder's
-    server; the copies never download again (only params changes would re-run that stage)."""
+    server; the copies never download again (only params changes would re-run that stage).
+
+    That first repro runs with a fresh HOME and TMPDIR (`outside/`), and its output is kept in
+    `first-repro.log`, beside the project: what the first repro of a new clone does."""
     # pytest-xdist's processes share the parent of their own temporary folders (pytest-N).
     shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
     folder = shared / "trained-tiny"
@@ -398,7 +395,12 @@ def trained_tiny(tmp_path_factory, worker_id, cifar_archive, http_server) -> Pro
             shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
             project = tiny_repo(folder / "project", cifar_archive, http_server)
             project.set_params({"epochs": 2})
-            ok(project.dvc("repro"))
+            outside = {"HOME": folder / "outside" / "home", "TMPDIR": folder / "outside" / "tmp"}
+            for path in outside.values():
+                path.mkdir(parents=True)
+            first = ok(run_cmd([BIN_DIR / "dvc", "repro"], project.root,
+                               env={**project.env, **{key: str(path) for key, path in outside.items()}}))
+            (folder / "first-repro.log").write_text(first.stdout + first.stderr)
             ok(project.git("add", "-A"))
             ok(project.git("commit", "-q", "-m", "trained: the tiny pipeline"))
             done.write_text(json.dumps(project.env))

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import BIN_DIR, MODELS, ROOT, TRAIN_STAGES, command_env, copy_project, ok, ran_stages, tiny_repo
+from conftest import BIN_DIR, MODELS, ROOT, TRAIN_STAGES, command_env, copy_project, ok, ran_stages
 from test_lineage import COMMANDS
 
 AFTER_TRAIN = TRAIN_STAGES | {"evaluate", "report"}
@@ -27,8 +27,8 @@ def ran(result) -> set[str]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, trained_tiny):
-    """The tiny pipeline after its first `dvc repro`, committed (the last test repeats that repro
-    from nothing, in another folder, and compares)."""
+    """The tiny pipeline after its first `dvc repro`, committed (the last test trains ResNet-18 and
+    evaluates again, in another copy, and compares)."""
     return copy_project(trained_tiny, tmp_path_factory.mktemp("e2e") / "project")
 
 
@@ -202,26 +202,33 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(repo):
         assert marked == _stages_listing(str(module)) and marked, f"editing {module} marks {marked}"
 
 
-def test_the_same_params_give_byte_identical_accuracy_metrics(tmp_path, cifar_archive, http_server, trained_tiny):
-    """The first `dvc repro` of a fresh copy, in another folder, with a fresh HOME and TMPDIR: every
-    stage runs, and the accuracy files are byte for byte those of the project the other tests began from."""
-    assert baseline, "runs after test_repro_exp_run_and_diffs_end_to_end"
-    again = tiny_repo(tmp_path / "again", cifar_archive, http_server)
-    again.set_params({"epochs": trained_tiny.params()["epochs"]})
-    # A fresh HOME and TMPDIR: afterwards they may hold library caches only, nothing of ours.
-    outside = {"HOME": tmp_path / "home", "TMPDIR": tmp_path / "tmp"}
-    for folder in outside.values():
-        folder.mkdir()
-    again.env.update({key: str(folder) for key, folder in outside.items()})
-    start = time.perf_counter()
-    first = ok(again.dvc("repro"))
-    print(f"first dvc repro (7 stages): {time.perf_counter() - start:.1f} s")
-    assert ran(first) == ALL_STAGES
-    assert "WARNING" not in first.stdout + first.stderr, first.stdout + first.stderr
-    written = [p.relative_to(tmp_path) for folder in outside.values() for p in folder.rglob("*") if p.is_file()]
+def test_the_first_repro_runs_every_stage_without_warnings_and_writes_nothing_outside(trained_tiny):
+    """The trained tiny project's build: the first `dvc repro` of a new copy, with a fresh HOME and
+    TMPDIR (conftest.trained_tiny): every stage runs, no WARNING, and afterwards HOME and TMPDIR
+    hold library caches only, nothing of ours."""
+    built = trained_tiny.root.parent
+    first = (built / "first-repro.log").read_text()
+    assert ran_stages(first) == ALL_STAGES, first
+    assert "WARNING" not in first, first
+    outside = built / "outside"
+    written = [p.relative_to(outside) for p in outside.rglob("*") if p.is_file()]
     caches = ("home/.cache/matplotlib", "home/.config/matplotlib", "home/.config/dvc", "home/.cache/dvc",
               "home/.local/share/dvc", "home/.config/iterative", "home/.cache/torch")
     assert [p for p in written if not str(p).startswith(caches)] == [], "a stage wrote outside the repository"
+
+
+def test_the_same_params_give_byte_identical_accuracy_metrics(tmp_path, trained_tiny):
+    """ResNet-18 trained again from scratch and every model evaluated again, in another folder,
+    with the params of the trained tiny project: the accuracy files are byte for byte its own.
+    (A train stage removes its resume point when it ends: the forced run starts from nothing.)"""
+    assert baseline, "runs after test_repro_exp_run_and_diffs_end_to_end"
+    again = copy_project(trained_tiny, tmp_path / "again")
+    assert not list((again.root / "checkpoints").glob("*"))
+    start = time.perf_counter()
+    forced = ok(again.dvc("repro", "--force", "--single-item", "train-resnet18", "evaluate"))
+    print(f"train-resnet18 and evaluate again: {time.perf_counter() - start:.1f} s")
+    assert ran(forced) == {"train-resnet18", "evaluate"}, forced.stdout
+    assert "resnet18: no checkpoint: starting from scratch" in forced.stdout, forced.stdout
     repeated = accuracy_files(again.root)
     assert sorted(repeated) == sorted(baseline) == sorted(
         [f"evaluation/detail/{m}.json" for m in MODELS] + [f"metrics/{m}.json" for m in MODELS]
