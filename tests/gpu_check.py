@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from project_copy import ROOT, copy_tracked_files, remove_models
+from project_copy import ROOT, copy_tracked_files, model_names, remove_models
 PARTS = ("setup", "tests", "resnet18", "resnet50", "distributed", "repro")
 # The H100 goals of README "The GPU path" (train img/s at batch 512, epoch / step).
 GOALS = {"resnet18": 25_000, "resnet50": 8_000}
@@ -67,7 +67,7 @@ def keep_models(project: Path, params: dict, names: list[str] | None) -> list[st
     pipeline of these models only. Returns the models kept."""
     import yaml
     if not names:
-        return [name for name, block in params["model"].items() if isinstance(block, dict)]
+        return model_names(params)
     pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
     remove_models(params, pipeline, names)
     (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
@@ -108,8 +108,8 @@ def repro(args) -> int:
     params.update(epochs=args.epochs, batch_size=args.batch_size)
     params["data"].update(url=str(archive), md5=md5, train_limit=args.train_limit, test_limit=args.test_limit)
     params["model"]["width"] = args.width
-    for name, block in params["model"].items():
-        if isinstance(block, dict) and block.get("mixup_alpha") == 0.0:
+    for block in (params["model"][name] for name in model_names(params)):
+        if block.get("mixup_alpha") == 0.0:
             block["mixup_alpha"] = 0.2  # mixup on for every model (ResNet-50's recipe has it)
     params["train"].update(ema_decay=0.999, warmup_epochs=1)
     params["runtime"]["device"] = args.device  # the rest stays auto: compile, gpu_augment, bf16 on CUDA

@@ -21,10 +21,16 @@ def copy_tracked_files(dest: Path) -> None:
             shutil.copy2(source, dest / rel)
 
 
+def model_names(params: dict) -> list[str]:
+    """The models of params.yaml's contents: the blocks under `model` (the other keys are shared
+    settings such as `width`)."""
+    return [name for name, block in params["model"].items() if isinstance(block, dict)]
+
+
 def remove_models(params: dict, pipeline: dict, keep: list[str]) -> None:
     """Remove every model but `keep` from the contents of params.yaml and dvc.yaml, as README "Add a
     model" removes one: its params block and reference, its train stage, its evaluate dep."""
-    for name in [name for name, block in params["model"].items() if isinstance(block, dict) and name not in keep]:
+    for name in [name for name in model_names(params) if name not in keep]:
         del params["model"][name], pipeline["stages"][f"train-{name}"]
         params["reference"].pop(name, None)
     evaluate = pipeline["stages"]["evaluate"]
