@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any
 
 # Each test process, and every command it starts (stages, dvc and its queue workers, torchrun's
-# ranks), does its math on its share of the cores: pytest-xdist runs one process per core, and
-# torch's default of one OpenMP thread per core in each of them oversubscribes the cores. Two tiny
-# trainings at once on these 2 cores took 44.5 s at 2 threads each and 26.3 s at 1 thread each
-# (2026-12-03). A third process (one thread each) made the suite slower: the tests it had finished
-# after 13 minutes had taken two processes 9. Set before numpy and torch are imported: both read
-# it then. A run in one process (-n 0) keeps torch's default.
+# ranks), does its math on its share of the cores, as src.sweep gives DVC's queue workers theirs:
+# pytest-xdist runs one process per core, and torch's default of one OpenMP thread per core in each
+# of them oversubscribes the cores. A third process (one thread each) made the suite slower: the
+# tests it had finished after 13 minutes had taken two processes 9 (2026-12-03). Set before numpy
+# and torch are imported: both read it then. A run in one process (-n 0) keeps torch's default.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # a test process of pytest-xdist (not its controller)
-    _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+    from src.experiments import worker_env
+    os.environ.update(worker_env(int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 import numpy as np
 import pytest

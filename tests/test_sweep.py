@@ -8,6 +8,7 @@ SIGKILL mid-sweep and started again; every bad input fails before anything is qu
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import sys
@@ -20,6 +21,7 @@ from optuna import distributions
 from conftest import (BIN_DIR, ROOT, TINY, drop_report, keep_models, ok, run_cmd, start_cmd, tiny_repo,
                       wait_until_queue_idle)
 from src.errors import UserError
+from src.experiments import worker_env
 from src.tuning.space import load_space
 
 LEARNS = {**TINY, "data.train_limit": 2000, "model.width": 8, "epochs": 3, "train.warmup_epochs": 0}
@@ -97,6 +99,14 @@ def test_bad_input_fails_in_one_line_before_anything_is_queued(repo, case):
     assert len(lines) == 1 and lines[0].startswith("ERROR: ") and message in lines[0], result.stderr
     assert exp_refs(repo) == before, "something was queued"
     assert not (repo.root / "sweeps" / f"bad-{case}.db").exists()
+
+
+def test_queue_workers_get_their_share_of_the_cores_unless_the_user_chose():
+    cores = os.cpu_count() or 1
+    assert worker_env(2, {"PATH": "/bin"}) == {"PATH": "/bin", "OMP_NUM_THREADS": str(max(1, cores // 2))}
+    assert worker_env(cores * 4, {})["OMP_NUM_THREADS"] == "1"  # never 0
+    assert "OMP_NUM_THREADS" not in worker_env(1, {})  # one worker: torch's default, every core
+    assert worker_env(2, {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
 
 
 def test_space_forms_become_optuna_distributions(tmp_path):
