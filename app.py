@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Before torch is imported: OpenMP threads that wait for work sleep instead of spinning, so the
 # batcher's forward passes do not fight the handler threads' decoding for the cores (on two
-# shared cores the batched forward time halved in tests/load_app.py's quick check).
+# shared cores the batched forward time halved in scripts/load_app.py's quick check).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -61,6 +61,7 @@ from src.serving import Batcher, Limits, Stats, Uploads  # noqa: E402
 ROOT = Path(__file__).resolve().parent
 TOP = 5
 EXAMPLES = 8  # test-split images offered as examples, each of another class
+DEFAULT_LIMITS = Limits()
 # A 32x32 image shown at its size is a speck: fill the preview, in crisp pixels.
 CSS = "#image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 
@@ -143,7 +144,7 @@ def load_models(root: Path) -> tuple[dict[str, classifier.Classifier], dict[str,
     return loaded, missing
 
 
-def build(root: Path, example_dir: Path, limits: Limits = Limits(), stats: Stats | None = None) -> gr.Blocks:
+def build(root: Path, example_dir: Path, limits: Limits = DEFAULT_LIMITS, stats: Stats | None = None) -> gr.Blocks:
     """The demo for the models under `root`; example PNGs are written to `example_dir`."""
     models, missing = load_models(root)
     default = classifier.default_model(root)[0]

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -4,8 +4,8 @@
 
 PATHs are image files or folders (searched recursively for files with an image suffix).
 NAME is one of the `model.<name>` blocks of params.yaml (resnet18, resnet34, resnet50, and any
-model added as README "Add a model" shows). The model defaults to the trained one with the best test top-1 in metrics/summary.json
-(without metrics: the first trained model found); which one is used is printed on stderr.
+model added as docs/models.md shows). The model defaults to the trained one with the best test
+top-1 in metrics/summary.json (without metrics: the first trained model found); which one is used is printed on stderr.
 Any image Pillow opens is brought to 32x32 RGB as src/images.py describes. A file that
 cannot be classified gets one line on stderr (and an "error" object with --json); the
 others are still classified, and the exit status is 1 when any failed.
@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from src import classifier, images, model_file
 from src.errors import UserError, run

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from src.errors import UserError, run
-from src.experiments import exp_show, flatten
+from src.experiments import Experiment, exp_show, listed
 from src.params import load_params
 
 METRICS = ("top1", "top5")
@@ -36,43 +36,40 @@ def experiments(shown: list[dict], models: list[str]) -> tuple[pd.DataFrame, int
     a skip: a mean over the runs that happened to work would be a biased one.
     """
     rows, unfinished = [], 0
-    for commit in shown:
-        for exp in commit.get("experiments") or []:
-            if (exp.get("executor") or {}).get("state") in NOT_FINISHED:
-                unfinished += 1
-                continue
-            state = exp["revs"][0]
-            name = exp.get("name") or state.get("name") or state["rev"][:7]
-            if state.get("error") or not state.get("data"):
-                raise UserError(f"DVC cannot read experiment {name} ({(state.get('error') or {}).get('msg')}): "
-                                f"remove it with `dvc exp remove {name}` or run it again")
-            params = flatten(state["data"]["params"].get("params.yaml", {}).get("data", {}))
-            seed = params.pop("seed", None)
-            group = json.dumps(params, sort_keys=True)
-            for model in models:
-                values = model_metrics(state["data"]["metrics"], model, name, models)
-                rows.append({"experiment": name, "timestamp": state["data"].get("timestamp") or "",
-                             "seed": seed, "group": group, "model": model, **values})
+    for exp in listed(shown):
+        if exp.state in NOT_FINISHED:
+            unfinished += 1
+            continue
+        if exp.error is not None:
+            raise UserError(f"DVC cannot read experiment {exp.name} ({exp.error}): "
+                            f"remove it with `dvc exp remove {exp.name}` or run it again")
+        params = dict(exp.params)
+        seed = params.pop("seed", None)
+        group = json.dumps(params, sort_keys=True)
+        for model in models:
+            values = model_metrics(exp, model, models)
+            rows.append({"experiment": exp.name, "timestamp": exp.timestamp,
+                         "seed": seed, "group": group, "model": model, **values})
     return pd.DataFrame(rows), unfinished
 
 
-def model_metrics(metrics: dict, model: str, experiment: str, models: list[str]) -> dict:
+def model_metrics(exp: Experiment, model: str, models: list[str]) -> dict:
     """top1 and top5 of `model` in one experiment's metrics, or a UserError saying what is wrong."""
     path = f"metrics/{model}.json"
-    fix = f"run it again (`dvc exp run` with its params) or remove it with `dvc exp remove {experiment}`"
-    entry = metrics.get(path, {})
-    error = entry.get("error") or {}
+    fix = f"run it again (`dvc exp run` with its params) or remove it with `dvc exp remove {exp.name}`"
+    error = exp.metric_errors.get(path) or {}
     # Not declared in its dvc.yaml, or declared and absent from its commit: either way no numbers.
-    if path not in metrics or error.get("type") == "FileNotFoundError":
-        raise UserError(f"experiment {experiment} has no {path} (it lacks {model}; every experiment must "
+    if (path not in exp.metrics and not error) or error.get("type") == "FileNotFoundError":
+        raise UserError(f"experiment {exp.name} has no {path} (it lacks {model}; every experiment must "
                         f"evaluate all of {', '.join(models)}): {fix}")
     if error:
-        raise UserError(f"experiment {experiment}: {path} is not valid JSON "
+        raise UserError(f"experiment {exp.name}: {path} is not valid JSON "
                         f"({error.get('type', 'unreadable')}): {fix}")
-    missing = [key for key in METRICS if not isinstance(entry.get("data", {}).get(key), (int, float))]
+    data = exp.metrics[path]
+    missing = [key for key in METRICS if not isinstance(data.get(key), (int, float))]
     if missing:
-        raise UserError(f"experiment {experiment}: {path} has no {' or '.join(missing)}: {fix}")
-    return {key: float(entry["data"][key]) for key in METRICS}
+        raise UserError(f"experiment {exp.name}: {path} has no {' or '.join(missing)}: {fix}")
+    return {key: float(data[key]) for key in METRICS}
 
 
 def summarise(runs: pd.DataFrame) -> list[dict]:

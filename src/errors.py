@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import errno
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 # A full disk, a quota, a file size limit, a read-only or unwritable place, a file where
 # an output folder should be: the user can fix all of these, so no traceback.

@@ -59,28 +59,43 @@ def flatten(params: dict, prefix: str = "") -> dict:
 
 @dataclass(frozen=True)
 class Experiment:
-    name: str
+    name: str  # its name, or its commit's first 7 hex digits for a nameless one
     state: str  # queued | running | success | failed (success: also one run outside the queue)
     params: dict = field(default_factory=dict)  # params.yaml, flattened
     metrics: dict = field(default_factory=dict)  # {path: parsed file} of the files DVC could read
+    metric_errors: dict = field(default_factory=dict)  # {path: DVC's error ({type, msg})} of those it could not
+    timestamp: str = ""  # ISO 8601, as DVC gives it
+    error: str | None = None  # why DVC could not read the experiment at all; None when it could
 
 
-def by_name(shown: list[dict]) -> dict[str, Experiment]:
-    """Every named experiment of HEAD in `dvc exp show --json` output, by name."""
-    found = {}
+def listed(shown: list[dict]) -> list[Experiment]:
+    """Every experiment of HEAD in `dvc exp show --json` output, in DVC's order: the one reading
+    of that output (`src.compare` and `src.sweep` both go through it)."""
+    found = []
     for commit in shown:
         for exp in commit.get("experiments") or []:
             state = exp["revs"][0]
-            name = exp.get("name") or state.get("name")
-            if not name:
-                continue
             data = state.get("data") or {}
-            metrics = {path: entry["data"] for path, entry in (data.get("metrics") or {}).items()
-                       if isinstance(entry, dict) and "data" in entry and not entry.get("error")}
-            found[name] = Experiment(name, (exp.get("executor") or {}).get("state") or "success",
-                                     flatten((data.get("params") or {}).get("params.yaml", {}).get("data", {})),
-                                     metrics)
+            files = data.get("metrics") or {}
+            error = None
+            if state.get("error") or not data:
+                error = str((state.get("error") or {}).get("msg"))
+            found.append(Experiment(
+                exp.get("name") or state.get("name") or state.get("rev", "")[:7],
+                (exp.get("executor") or {}).get("state") or "success",
+                flatten((data.get("params") or {}).get("params.yaml", {}).get("data", {})),
+                {path: entry["data"] for path, entry in files.items()
+                 if isinstance(entry, dict) and "data" in entry and not entry.get("error")},
+                {path: entry["error"] for path, entry in files.items()
+                 if isinstance(entry, dict) and entry.get("error")},
+                data.get("timestamp") or "",
+                error))
     return found
+
+
+def by_name(shown: list[dict]) -> dict[str, Experiment]:
+    """Every experiment of HEAD in `dvc exp show --json` output, by name."""
+    return {exp.name: exp for exp in listed(shown) if exp.name}
 
 
 def override(key: str, value) -> str:
@@ -100,9 +115,10 @@ def queue(name: str, params: dict) -> None:
 
 def worker_env(jobs: int, environ: dict | None = None) -> dict:
     """The environment of `jobs` queue workers, each doing its math on its share of the cores:
-    torch's default of one OpenMP thread per core in each worker oversubscribes them (two tiny
-    trainings at once on 2 CPU cores: 44.5 s at 2 threads each, 26.3 s at 1). The workers' stages
-    inherit it, as torchrun's ranks get one thread each; an OMP_NUM_THREADS already set is kept."""
+    torch's default of one OpenMP thread per core in each worker oversubscribes them (the workers'
+    threads contend for the same cores, and all run slower than at their share: docs/measurements.md).
+    The workers' stages inherit it, as torchrun's ranks get one thread each; an OMP_NUM_THREADS
+    already set is kept."""
     env = dict(os.environ if environ is None else environ)
     if jobs > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))

@@ -6,9 +6,9 @@ and every problem is an ImageError whose message says what is wrong (the caller 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,7 +20,8 @@ SIZE = 32  # CIFAR's images are 32x32: every input is brought to that
 RESAMPLE = Image.Resampling.BICUBIC
 # A large JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, itself an averaging
 # reduction) while it stays at least this many pixels on each side: 4x the 32 that RESAMPLE then
-# brings it to. A 4000x3000 photo decodes as 500x375: about 8x faster, in 1/64 of the memory.
+# brings it to. A 4000x3000 photo decodes as 500x375: most of the decoding skipped, in 1/64 of the
+# memory (docs/measurements.md).
 DRAFT = 4 * SIZE
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -35,8 +35,8 @@ PositiveFloat = Field(gt=0)
 class DataParams(Section):
     url: str = CIFAR100_URL
     md5: str = CIFAR100_MD5
-    train_limit: Optional[int] = Field(default=None, ge=1, le=CIFAR100_TRAIN_SIZE)
-    test_limit: Optional[int] = Field(default=None, ge=1, le=CIFAR100_TEST_SIZE)
+    train_limit: int | None = Field(default=None, ge=1, le=CIFAR100_TRAIN_SIZE)
+    test_limit: int | None = Field(default=None, ge=1, le=CIFAR100_TEST_SIZE)
     val_size: int = Field(default=0, ge=0)
 
     @field_validator("url")
@@ -57,7 +57,7 @@ class DataParams(Section):
         return md5.lower()
 
     @model_validator(mode="after")
-    def _val_smaller_than_train(self) -> "DataParams":
+    def _val_smaller_than_train(self) -> DataParams:
         train_size = self.train_limit or CIFAR100_TRAIN_SIZE
         if self.val_size >= train_size:
             raise ValueError(
@@ -111,9 +111,9 @@ class AugmentParams(ModelAugment):
 class ModelRecipe(Section):
     """One `model.<name>` block: its architecture, then its recipe (scales of the shared keys,
     batch mixing, AutoAugment and augmentation overrides)."""
-    block: Optional[Literal["basic", "bottleneck"]] = None  # a CIFAR ResNet of torchvision's blocks
-    layers: Optional[list[Annotated[int, Field(ge=1, le=64)]]] = Field(default=None, min_length=4, max_length=4)
-    module: Optional[str] = None  # or an architecture in code: src/models/<module>.py
+    block: Literal["basic", "bottleneck"] | None = None  # a CIFAR ResNet of torchvision's blocks
+    layers: list[Annotated[int, Field(ge=1, le=64)]] | None = Field(default=None, min_length=4, max_length=4)
+    module: str | None = None  # or an architecture in code: src/models/<module>.py
     options: dict = Field(default_factory=dict)  # keyword arguments of that module's build_model
     epochs_scale: float = Field(default=1.0, gt=0)
     lr_scale: float = Field(default=1.0, gt=0)
@@ -128,7 +128,7 @@ class ModelRecipe(Section):
     def _probability_not_flag(cls, value):
         if isinstance(value, bool):  # it was a flag before: say what it is now
             raise ValueError("is the probability of applying the AutoAugment policy to an image, "
-                             "0 to 1 (0: off; seed 001 used 0.7), not true/false")
+                             "0 to 1 (0: off; the ResNet-50 reference used 0.7), not true/false")
         return value
 
     def architecture(self) -> dict:
@@ -173,7 +173,7 @@ class ModelParams(Section):
         return values
 
     @model_validator(mode="after")
-    def _architectures(self) -> "ModelParams":
+    def _architectures(self) -> ModelParams:
         for name in self.names:
             recipe, where = self.recipes[name], f"model.{name}"
             if recipe.module is not None:
@@ -187,14 +187,14 @@ class ModelParams(Section):
                 known = [n for n in self.names if n != name]
                 raise ValueError(
                     f"{where} has no architecture: give it `block: basic | bottleneck` and `layers: "
-                    f"[n1, n2, n3, n4]` (or `module: <file in src/models/>`), as README \"Add a model\" "
+                    f"[n1, n2, n3, n4]` (or `module: <file in src/models/>`), as docs/models.md "
                     f"shows. If you meant an existing model, check its name ({', '.join(known) or 'none'})")
             elif recipe.options:
                 raise ValueError(f"{where}.options is for a module architecture; a ResNet block takes none")
         return self
 
     @model_validator(mode="after")
-    def _augment_overrides(self) -> "ModelParams":
+    def _augment_overrides(self) -> ModelParams:
         for name in self.names:
             for key, value in self.recipes[name].augment.items():
                 where = f"model.{name}.augment.{key}"
@@ -217,16 +217,16 @@ class TrainParams(Section):
     schedule: Literal["cosine", "onecycle"] = "cosine"
     warmup_epochs: float = Field(default=5, ge=0)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
-    grad_clip_norm: Optional[float] = Field(default=None, gt=0)
-    ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)
+    grad_clip_norm: float | None = Field(default=None, gt=0)
+    ema_decay: float | None = Field(default=None, gt=0, lt=1)
     ema_warmup: bool = True
 
 
 class Reference(Section):
     """A published result the report sets a model's against (read by the report only)."""
-    top1: Optional[float] = Field(default=None, ge=0, le=100)  # test top-1, percent
-    top5: Optional[float] = Field(default=None, ge=0, le=100)  # test top-5, percent
-    epochs: Optional[int] = Field(default=None, ge=1)          # the epochs it was trained for
+    top1: float | None = Field(default=None, ge=0, le=100)  # test top-1, percent
+    top5: float | None = Field(default=None, ge=0, le=100)  # test top-5, percent
+    epochs: int | None = Field(default=None, ge=1)          # the epochs it was trained for
     source: str = ""                                           # where the number comes from
 
 
@@ -234,16 +234,16 @@ class EvaluateParams(Section):
     hflip_tta: bool = False
 
 
-AutoFlag = Union[Literal["auto"], bool]
+AutoFlag = Literal["auto"] | bool
 
 
 class RuntimeParams(Section):
     device: str = "auto"
-    nproc_per_node: Union[Literal["auto"], int] = "auto"
+    nproc_per_node: Literal["auto"] | int = "auto"
     sync_batchnorm: AutoFlag = "auto"
     compile: AutoFlag = "auto"
     gpu_augment: AutoFlag = "auto"
-    workers: Union[Literal["auto"], int] = "auto"
+    workers: Literal["auto"] | int = "auto"
     deterministic: bool = False
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: AutoFlag = "auto"
@@ -279,7 +279,7 @@ class RuntimeParams(Section):
         return value
 
     @model_validator(mode="after")
-    def _one_gpu_one_process(self) -> "RuntimeParams":
+    def _one_gpu_one_process(self) -> RuntimeParams:
         if self.device.startswith("cuda:") and self.nproc_per_node not in ("auto", 1):
             raise ValueError(
                 f"runtime.device = {self.device} picks one GPU, so runtime.nproc_per_node must be 1 or "
@@ -305,7 +305,7 @@ class Params(Section):
         recipes = self.model.recipes
         if model_name not in recipes:
             raise UserError(f"params.yaml has no model.{model_name} block: the models are "
-                            f"{', '.join(recipes) or 'none'}. To add one, see README \"Add a model\"")
+                            f"{', '.join(recipes) or 'none'}. To add one, see docs/models.md")
         return recipes[model_name]
 
     def model_epochs(self, model_name: str) -> int:
@@ -315,8 +315,8 @@ class Params(Section):
         return self.lr * self.recipe(model_name).lr_scale
 
     def model_warmup_epochs(self, model_name: str) -> float:
-        """Warmup is part of the run's length: it scales with the model's epochs (seed 001 warmed
-        ResNet-50 up for 10 of its 200 epochs, 5 of 100 for the others)."""
+        """Warmup is part of the run's length: it scales with the model's epochs (the ResNet-50
+        reference warmed up for 10 of its 200 epochs; 5 of 100 for the others)."""
         return self.train.warmup_epochs * self.recipe(model_name).epochs_scale
 
     def model_augment(self, model_name: str) -> ModelAugment:

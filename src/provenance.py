@@ -2,10 +2,16 @@
 
 Shared by the train stage (model files, resume fingerprints) and evaluate (the stale-model
 check and the metrics' provenance), so that neither imports the other's code.
+
+Two hashes of a folder, with two meanings: `data_hash` is the project's, recorded in the model
+files and the metrics' provenance as `prepared_data_hash`; `dvc_dir_md5` is DVC's, the `md5` that
+dvc.lock records for an output folder. They differ for the same files: a card or report that
+shows one must say which.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import sys
 from pathlib import Path
@@ -22,8 +28,26 @@ def files_md5(paths: list[Path]) -> str:
 
 
 def data_hash(folder: str | Path) -> str:
-    """md5 over the files of a DVC output folder (names and contents)."""
+    """The project's data hash: md5 over the files of a DVC output folder (names and contents),
+    the `prepared_data_hash` of the model files and metrics. Not DVC's hash: see dvc_dir_md5."""
     return files_md5([p for p in Path(folder).iterdir() if p.is_file()])
+
+
+def file_md5(path: Path) -> str:
+    """md5 of one file's bytes: what dvc.lock records for a file."""
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dvc_dir_md5(folder: Path) -> str:
+    """DVC's hash of an output folder, as dvc.lock records it: md5 of its sorted file listing,
+    plus ".dir". Not the project's data hash: see data_hash."""
+    listing = sorted(({"md5": file_md5(path), "relpath": path.relative_to(folder).as_posix()}
+                      for path in folder.rglob("*") if path.is_file()), key=lambda entry: entry["relpath"])
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
 def code_hash() -> str:

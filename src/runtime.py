@@ -63,8 +63,10 @@ def resolve(params: RuntimeParams, local_rank: int = 0, local_processes: int = 1
     if compile_ and device.type == "cpu" and not channels_last:
         # Inductor lays CPU convolutions out channels_last unless told not to; keep them NCHW
         # where NCHW was chosen (see channels_last_is_fast).
-        import torch._inductor.config
-        torch._inductor.config.layout_optimization = False
+        # `import ... as`: a plain `import torch._inductor.config` here would make `torch` a local
+        # name of this whole function, unbound in the CUDA branches above.
+        import torch._inductor.config as inductor_config
+        inductor_config.layout_optimization = False
     return Runtime(
         device=device,
         compile=compile_,
@@ -80,9 +82,10 @@ def channels_last_is_fast(device: torch.device) -> bool:
     """The layout `runtime.channels_last: auto` picks: NHWC on CUDA (tensor cores) and on CPUs
     with AVX-512, NCHW on other CPUs and MPS.
 
-    On AVX-512 CPUs NHWC is the faster layout (figures: README, Performance). On AVX2-only CPUs, torch 2.14.1's oneDNN hangs (2 threads) or segfaults
-    (1 thread) in the channels_last weight gradient of the 1x1 stride-2 downsample
-    convolution (jit_avx2_1x1_convolution_bwd_weights, seen on an AMD EPYC), so NCHW there.
+    On AVX-512 CPUs NHWC is the faster layout (docs/performance.md). On AVX2-only CPUs, torch
+    2.14.1's oneDNN hangs (2 threads) or segfaults (1 thread) in the channels_last weight gradient
+    of the 1x1 stride-2 downsample convolution (jit_avx2_1x1_convolution_bwd_weights, seen on an
+    AMD EPYC), so NCHW there.
     """
     if device.type == "cuda":
         return True

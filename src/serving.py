@@ -15,10 +15,10 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -62,7 +62,7 @@ class Limits:
                                 metavar="N", help=f"{help[spec.name]} (default {spec.default:g})")
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Limits":
+    def from_args(cls, args: argparse.Namespace) -> Limits:
         limits = cls(**{spec.name: getattr(args, spec.name) for spec in fields(cls)})
         wrong = [spec.name for spec in fields(cls)
                  if getattr(limits, spec.name) < 0 or getattr(limits, spec.name) == 0 and spec.name != "batch_wait_ms"]

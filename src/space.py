@@ -6,8 +6,9 @@ OUT gets app.py and the src/ modules it imports (found by following its imports,
 the repository), the trained models/<name>.pt with their metrics/, the eight test-split example
 images when data/prepared is here, a requirements.txt pinned for CPU inference and a README.md
 with the Space's front matter and a model card (each model's test scores with their intervals,
-the params it was trained with, the data hash and git commit of the run, the CIFAR-100 licence
-note, the limits of 32x32 models). Push OUT to a Space repository as README "Serving" shows.
+the params it was trained with, the prepared data's two hashes (DVC's, from dvc.lock, and the
+project's, from the model files) and the git commit of the run, the CIFAR-100 licence note, the
+limits of 32x32 models). Push OUT to a Space repository as docs/serving.md shows.
 
 Refuses, in one line, when no model is trained, or when dvc.lock does not tie metrics/ to these
 model files (the evaluate stage scored other files, or its metrics changed since).
@@ -15,9 +16,6 @@ model files (the evaluate stage scored other files, or its metrics changed since
 from __future__ import annotations
 
 import argparse
-import ast
-import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -28,6 +26,8 @@ import yaml
 
 from src import classifier, model_file
 from src.errors import UserError, run
+from src.imports import PACKAGES, imported_files, imported_names
+from src.provenance import dvc_dir_md5, file_md5
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "app.py"
@@ -47,7 +47,7 @@ def main() -> None:
     if args.out.exists() and any(args.out.iterdir()):
         raise UserError(f"{args.out} is not empty: choose a new folder (the Space is written whole)")
     write_space(ROOT, models, args.out)
-    print(f"{args.out}: a Space with {', '.join(models)}; push it as README \"Serving\" shows")
+    print(f"{args.out}: a Space with {', '.join(models)}; push it as docs/serving.md shows")
 
 
 # --------------------------------------------------------------------------- what is published
@@ -71,9 +71,9 @@ def checked_models(root: Path) -> list[str]:
         if classifier.test_metrics(name, root) is None:
             raise UserError(f"metrics/{name}.json is missing: run `dvc repro evaluate`")
     recorded = next((entry.get("md5") for entry in evaluate.get("outs", []) if entry.get("path") == "metrics"), None)
-    if recorded != dir_md5(root / "metrics"):
+    if recorded != dvc_dir_md5(root / "metrics"):
         raise UserError("metrics/ changed since the evaluate stage wrote them (dvc.lock records "
-                        f"{recorded}, they hash to {dir_md5(root / 'metrics')}): run `dvc repro evaluate` or "
+                        f"{recorded}, they hash to {dvc_dir_md5(root / 'metrics')}): run `dvc repro evaluate` or "
                         "`git checkout metrics`")
     return names
 
@@ -90,32 +90,17 @@ def evaluate_lock(root: Path) -> dict:
     return evaluate
 
 
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def dir_md5(folder: Path) -> str:
-    """The hash DVC records for an output folder: md5 of its sorted file listing, plus ".dir"."""
-    listing = sorted(({"md5": file_md5(path), "relpath": path.relative_to(folder).as_posix()}
-                      for path in folder.rglob("*") if path.is_file()), key=lambda entry: entry["relpath"])
-    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
-
-
 # --------------------------------------------------------------------------- writing the folder
 
 def write_space(root: Path, models: list[str], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    modules = imported_modules(root, root / APP)
+    files = imported_files(root / APP, root)  # app.py and the project modules it imports
     for name in models:  # an architecture in code: src/models/<module>.py, imported by name when loaded
         module = model_file.read(model_file.path_of(name, root))["architecture"].get("module")
         if module:
-            path = root / "src" / "models" / f"{module}.py"
-            modules = sorted({*modules, path, *imported_modules(root, path)})
-    for path in [root / APP, *modules]:
+            files |= imported_files(root / "src" / "models" / f"{module}.py", root)
+    files = sorted(files)
+    for path in files:
         copy(path, out / path.relative_to(root))
     for name in models:
         copy(model_file.path_of(name, root), model_file.path_of(name, out))
@@ -123,7 +108,7 @@ def write_space(root: Path, models: list[str], out: Path) -> None:
     if (root / "metrics" / "summary.json").is_file():  # the app's default: the best test top-1
         copy(root / "metrics" / "summary.json", out / "metrics" / "summary.json")
     write_examples(root, out)
-    (out / "requirements.txt").write_text(requirements(root, [root / APP, *modules]))
+    (out / "requirements.txt").write_text(requirements(root, files))
     (out / "README.md").write_text(readme(root, models))
 
 
@@ -132,43 +117,10 @@ def copy(source: Path, dest: Path) -> None:
     shutil.copyfile(source, dest)
 
 
-def imported_modules(root: Path, start: Path) -> list[Path]:
-    """The project's .py files that `start` imports, directly or not, with their packages' __init__.py."""
-    found: set[Path] = set()
-    todo = [start]
-    while todo:
-        for module in project_imports(todo.pop(), root):
-            parts = module.split(".")
-            for depth in range(1, len(parts) + 1):  # each package on the way, then the module
-                for candidate in (root.joinpath(*parts[:depth], "__init__.py"),
-                                  root.joinpath(*parts[:depth]).with_suffix(".py")):
-                    if candidate.is_file() and candidate not in found:
-                        found.add(candidate)
-                        todo.append(candidate)
-    return sorted(found)
-
-
-def project_imports(path: Path, root: Path) -> set[str]:
-    """Dotted names under src that the file imports (`from src import x` may name module x)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names if alias.name.split(".")[0] == "src"}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "src":
-            names.add(node.module)
-            names |= {f"{node.module}.{alias.name}" for alias in node.names}  # kept only when a file
-    return names
-
-
 def third_party(paths: list[Path]) -> set[str]:
-    names = set()
-    for path in paths:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split(".")[0])
-    return {name for name in names if name not in sys.stdlib_module_names and name not in ("src", "__future__")}
+    """The top-level names of the libraries the files import (neither the standard library nor the project's)."""
+    names = {name.split(".")[0] for path in paths for name in imported_names(path)}
+    return {name for name in names if name not in sys.stdlib_module_names and name not in (*PACKAGES, "__future__")}
 
 
 def pins(root: Path) -> dict[str, str]:
@@ -220,14 +172,19 @@ def readme(root: Path, models: list[str]) -> str:
                 "## Models", "",
                 "| model | test top-1 (95% interval) | test top-5 (95% interval) | trained with |",
                 "|---|---|---|---|"]
+    trained_on = set()  # the project's data hash, as each model file records it
     for name in models:
         metrics = classifier.test_metrics(name, root)
-        params = (model_file.read(model_file.path_of(name, root)).get("params") or {})
+        state = model_file.read(model_file.path_of(name, root))
+        trained_on.add(state.get("prepared_data_hash") or "not recorded")
         sections.append(f"| {name} | {classifier.score_text(metrics)} | {classifier.score_text(metrics, 'top5')} | "
-                        f"{classifier.trained_with_text(params)} |")
+                        f"{classifier.trained_with_text(state.get('params') or {})} |")
     sections += ["", "Intervals: percentile bootstrap over the test images (10,000 resamples).", "",
                  "## Provenance", "",
-                 f"- prepared data (DVC hash of `data/prepared`, as the evaluate stage read it): `{data}`",
+                 f"- prepared data, DVC's hash (the `md5` of `data/prepared` in `dvc.lock`, as the evaluate stage "
+                 f"read it): `{data}`",
+                 "- prepared data, the project's hash (the `prepared_data_hash` that the model files and the "
+                 f"report record): `{'`, `'.join(sorted(trained_on))}`",
                  f"- git commit of the run: `{git_commit(root)}`",
                  *[f"- `models/{name}.pt`: md5 `{file_md5(model_file.path_of(name, root))}`" for name in models],
                  "", LIMITS, "", LICENCE, ""]

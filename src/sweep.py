@@ -10,7 +10,7 @@ at to choose. The study (sweeps/<NAME>.db, gitignored) remembers the trials: a s
 stopped, even by kill -9, resumes when started again, runs no finished trial twice and picks up
 the experiments that finished meanwhile. `--final` then trains the best params once on the whole
 training split (`data.val_size=0`) as <NAME>-final and reports its test numbers: the one test
-score of the sweep. README "Tuning: validation first, the test split once".
+score of the sweep. docs/experiments.md, "Tuning".
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from src.errors import UserError, run
 from src.params import load_params
-from src.tuning import final, study as studies, trials
+from src.tuning import final, trials
+from src.tuning import study as studies
 from src.tuning.space import load_space
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,60}")  # a git ref component, as DVC names experiments

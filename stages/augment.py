@@ -14,11 +14,11 @@ import json
 
 import numpy as np
 
+from src.atomic import staged_dir, staged_file
 from src.augment import pipelines
 from src.augment.preview import save_preview
-from src.errors import run
-from src.atomic import staged_dir, staged_file
 from src.data import splits
+from src.errors import run
 from src.params import load_params
 
 RAW_DIR = "data/raw"
@@ -42,7 +42,7 @@ def main() -> None:
     standard.set_random_seed(params.seed)
     originals = prepared["train"]
     if params.augment.offline_copies > 0:
-        # The seed's trick: a fixed set of augmented copies on top of the on-the-fly augmentation.
+        # A published run's trick: a fixed set of augmented copies on top of the on-the-fly augmentation.
         copies = [{**originals, "images": pipelines.augment_batch(standard, originals["images"])}
                   for _ in range(params.augment.offline_copies)]
         prepared["train"] = {k: np.concatenate([originals[k]] + [c[k] for c in copies])

@@ -9,10 +9,10 @@ Nothing is left under data/ if any step fails.
 """
 import json
 
-from src.errors import run
 from src.atomic import staged_dir
 from src.data import splits
 from src.data.archive import MEMBERS, check_md5, decode_meta, decode_split, fetch, read_members, restricted_loads
+from src.errors import run
 from src.params import load_params
 
 OUT_DIR = "data/raw"

@@ -11,7 +11,7 @@ Out: metrics/<name>.json             DVC metrics, the headline numbers: top1, to
                                      chooses by); rounded, so identical runs give identical bytes
      metrics/summary.json            DVC metric: each model's top1 (and val.top1) side by side, and
                                      `comparisons`: each pair's test top-1 difference, its
-                                     interval, McNemar p (+ Holm)
+                                     interval, McNemar p (+ Holm), p to 4 significant digits
      evaluation/detail/<name>.json   the rest: macro precision/recall, per-superclass accuracy,
                                      parameters, weights scored, provenance (not a DVC metric)
      evaluation/timing/<name>.json   throughput and latency on this device over several passes
@@ -112,7 +112,7 @@ def main() -> None:
 
 def _check_declared(names: list[str]) -> None:
     """Every model of params.yaml has its train stage and is among this stage's deps in dvc.yaml:
-    otherwise DVC would not re-evaluate it when it changes (README "Add a model")."""
+    otherwise DVC would not re-evaluate it when it changes (docs/models.md)."""
     if not Path("dvc.yaml").is_file():
         return  # run outside the pipeline (a copy of the scripts alone)
     stages = yaml.safe_load(Path("dvc.yaml").read_text()).get("stages", {})
@@ -124,8 +124,8 @@ def _check_declared(names: list[str]) -> None:
             problem = f"does not list models/{name}.pt among evaluate's deps"
         else:
             continue
-        raise UserError(f"params.yaml has a model.{name} block, but dvc.yaml {problem}: add it as README "
-                        "\"Add a model\" shows (or remove the block)")
+        raise UserError(f"params.yaml has a model.{name} block, but dvc.yaml {problem}: add it as docs/models.md "
+                        "shows (or remove the block)")
 
 
 def _device(runtime: Runtime) -> str:

@@ -1,6 +1,6 @@
-"""README "Add a model": ResNet-101 as three edits and no Python, and nothing else retrains.
+"""docs/models.md "Add a model": ResNet-101 as three edits and no Python, and nothing else retrains.
 
-Follows the README's steps (the snippets are read out of its "Add a model" section) in a copy of
+Follows the page's steps (the snippets are read out of its "Add a model" section) in a copy of
 the repository at a tiny width: the model is added, trained, evaluated, compared, reported, served
 and classified with; then it is removed the same way and the three original models' outputs are
 the bytes they were.
@@ -17,30 +17,33 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import MODELS, ROOT, TRAIN_STAGES, copy_project, ok, ran_stages, run_cmd
-from test_dvc_pipeline import _resolved_stages, written_out
+from helpers.commands import ok, ran_stages, run_cmd
+from helpers.docs import section
+from helpers.models import MODELS, TRAIN_STAGES
+from helpers.pipeline import resolved_stages, written_out
+from helpers.project import ROOT, copy_project
 
 NEW = "resnet101"
 
 
 def readme_steps() -> tuple[str, str, str]:
-    """(the params.yaml block, the dvc.yaml stage, evaluate's dep line) of README "Add a model"."""
-    section = (ROOT / "README.md").read_text().split("\n## Add a model\n")[1].split("\n## ")[0]
-    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    """(the params.yaml block, the dvc.yaml stage, evaluate's dep line) of docs/models.md "Add a model"."""
+    steps = section("models.md", "Add a model")
+    blocks = re.findall(r"```yaml\n(.*?)```", steps, re.S)
     params_block, stage = (textwrap_dedent(b) for b in blocks[:2])
-    dep = re.search(r"`(- models/resnet101\.pt)`", section).group(1)
+    dep = re.search(r"`(- models/resnet101\.pt)`", steps).group(1)
     return params_block, stage, dep
 
 
 def textwrap_dedent(block: str) -> str:
-    """A README snippet, indented in its list item, as it goes into the file (two spaces in)."""
+    """A docs snippet, indented in its list item, as it goes into the file (two spaces in)."""
     lines = block.splitlines()
     indent = min(len(line) - len(line.lstrip()) for line in lines if line.strip())
     return "\n".join(line[indent:] for line in lines) + "\n"
 
 
 def add_model(root: Path) -> None:
-    """The README's three edits, as a script makes them: text inserted, nothing else rewritten."""
+    """The page's three edits, as a script makes them: text inserted, nothing else rewritten."""
     params_block, stage, dep = readme_steps()
     params = (root / "params.yaml").read_text()
     indented = "".join(f"  {line}\n" if line else "\n" for line in params_block.splitlines())
@@ -101,8 +104,8 @@ def test_the_readme_steps_are_three_edits_and_the_stage_resolves_as_written_out(
     full = written_out(yaml.safe_load((anchored / "dvc.yaml").read_text()))
     (tmp_path / "full" / "dvc.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
     (tmp_path / "full" / "params.yaml").write_text((anchored / "params.yaml").read_text())
-    resolved = _resolved_stages(anchored)
-    assert resolved == _resolved_stages(tmp_path / "full")
+    resolved = resolved_stages(anchored)
+    assert resolved == resolved_stages(tmp_path / "full")
     assert resolved[f"train-{NEW}"]["deps"] == resolved["train-resnet18"]["deps"]
     assert f"models/{NEW}.pt" in resolved["evaluate"]["deps"]
 
@@ -116,8 +119,8 @@ def test_adding_a_model_retrains_nothing_else_and_removing_it_leaves_the_others(
     (root / "dvc.yaml").write_text(pipeline)
     half = project.stage("evaluate")
     assert half.returncode == 1 and "Traceback" not in half.stderr
-    assert (f"params.yaml has a model.{NEW} block, but dvc.yaml has no train-{NEW} stage: add it as README "
-            '"Add a model" shows (or remove the block)') in half.stderr, half.stderr
+    assert (f"params.yaml has a model.{NEW} block, but dvc.yaml has no train-{NEW} stage: add it as docs/models.md "
+            'shows (or remove the block)') in half.stderr, half.stderr
     (root / "params.yaml").write_text(params)
     add_model(root)
     edited = {line[3:] for line in ok(project.git("status", "--short")).stdout.splitlines()}
@@ -139,7 +142,8 @@ def test_adding_a_model_retrains_nothing_else_and_removing_it_leaves_the_others(
     assert len(pairs) == 6 and {tuple(sorted(p["pair"].split("_vs_"))) for p in pairs} == {
         tuple(sorted((a, b))) for i, a in enumerate(models) for b in models[i + 1:]}
     expected = holm([p["mcnemar_p"] for p in pairs])
-    # Both sides rounded to 4 decimals: Holm multiplies the rounded p (error <= 5e-5) by up to 6.
+    # Both sides rounded to 4 significant digits: Holm multiplies the rounded p (relative error <= 5e-5,
+    # at most 5e-5 as p <= 1) by up to 6.
     assert [p["mcnemar_p_holm"] for p in pairs] == pytest.approx(expected, abs=4e-4)
 
     # The report, the app's model table, src.compare and src.classify include it.
@@ -177,7 +181,7 @@ def test_adding_a_model_retrains_nothing_else_and_removing_it_leaves_the_others(
     assert not (root / f"evaluation/detail/{NEW}.json").exists()
 
 
-TINY_CNN = '''"""A two-layer CNN: an architecture in code, as README "Add a model" describes."""
+TINY_CNN = '''"""A two-layer CNN: an architecture in code, as docs/models.md describes."""
 from torch import nn
 
 

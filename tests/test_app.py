@@ -26,12 +26,13 @@ import threading
 import time
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
+import load_app
 import numpy as np
 import pytest
 import yaml
@@ -39,18 +40,27 @@ from gradio_client import Client, handle_file
 from gradio_client.utils import Status
 from PIL import Image
 
-import load_app
-from conftest import MODELS, ROOT, Project, command_env, copy_working_tree, ok
-from inference_project import (PARTIAL_MODEL, classify, partial_project, save_pngs, split_images, trained_project,
-                               write_untrained_like)
-from src import classifier, images, model_file, space as publish
+from helpers.commands import command_env, ok
+from helpers.inference import (
+    PARTIAL_MODEL,
+    classify,
+    partial_project,
+    save_pngs,
+    split_images,
+    trained_project,
+    write_untrained_like,
+)
+from helpers.models import MODELS
+from helpers.project import ROOT, Project, copy_working_tree
+from src import classifier, images, model_file
+from src import space as publish
 from src.errors import UserError
 from src.serving import Batcher, Limits, Stats, Uploads
 
 START_TIMEOUT = 120  # seconds for the server to answer; it starts in about 10 on two busy cores
 BROWSER_TIMEOUT = 60
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-# Where the browser test also copies its screenshot when set (the README's docs/app.png).
+# Where the browser test also copies its screenshot when set (docs/app.png).
 SCREENSHOT_COPY = os.environ.get("APP_SCREENSHOT")
 # A folder where the bad-upload test also saves what the page shows for each bad file, when set.
 BAD_UPLOAD_SCREENSHOTS = os.environ.get("APP_BAD_UPLOAD_SCREENSHOTS")
@@ -322,7 +332,8 @@ def one_at_a_time(project, name: str, path: Path) -> list[tuple[str, float]]:
 
 
 def test_the_batcher_classifies_images_together_as_each_alone(project):
-    model = classifier.load_classifier(model_file.path_of("resnet18", project.root), classifier.inference_runtime("cpu"))
+    model = classifier.load_classifier(model_file.path_of("resnet18", project.root),
+                                       classifier.inference_runtime("cpu"))
     pixels = split_images(project)[0][:24]
     batcher = Batcher(max_batch_size=8, wait_ms=500, stats=(stats := Stats()))
 
@@ -343,7 +354,7 @@ def test_the_batcher_classifies_images_together_as_each_alone(project):
 
 
 def test_a_short_load_round_serves_every_good_request_and_answers_every_bad_one(app, tmp_path):
-    """tests/load_app.py's round, short: 5 clients x 6 requests, 10% bad files (one of each kind)."""
+    """scripts/load_app.py's round, short: 5 clients x 6 requests, 10% bad files (one of each kind)."""
     good = ("png32", "jpeg640")
     files = load_app.make_files(tmp_path, Limits(max_file_size=1).max_file_bytes, good)  # the server's 1 MB
     result = load_app.run_round(app.url, load_app.schedule(5, 6, good), files, tmp_path / "uploads")
@@ -536,10 +547,13 @@ def test_a_space_runs_alone_and_gives_what_the_command_gives(committed, project,
 
     readme = (elsewhere / "README.md").read_text()
     front = yaml.safe_load(readme.split("---")[1])
-    gradio_pin = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("gradio=="))
-    assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and f"gradio=={front['sdk_version']}" == gradio_pin
+    gradio_pin = next(line for line in (ROOT / "requirements.txt").read_text().splitlines()
+                      if line.startswith("gradio=="))
+    assert front["sdk"] == "gradio" and front["app_file"] == "app.py"
+    assert f"gradio=={front['sdk_version']}" == gradio_pin
     requirements = (elsewhere / "requirements.txt").read_text().splitlines()
-    assert gradio_pin in requirements and any(line.startswith("torch==") and line.endswith("+cpu") for line in requirements)
+    assert gradio_pin in requirements
+    assert any(line.startswith("torch==") and line.endswith("+cpu") for line in requirements)
     assert "pyyaml==" in " ".join(requirements) and "pillow==" in " ".join(requirements)
     for name in MODELS:
         metrics = json.loads((project.root / f"metrics/{name}.json").read_text())
@@ -549,7 +563,12 @@ def test_a_space_runs_alone_and_gives_what_the_command_gives(committed, project,
     lock = yaml.safe_load((committed.root / "dvc.lock").read_text())["stages"]["evaluate"]
     data = next(dep["md5"] for dep in lock["deps"] if dep["path"] == "data/prepared")
     head = ok(committed.git("rev-parse", "HEAD")).stdout.strip()
-    assert f"`{data}`" in readme and head in readme and "CIFAR-100 (Alex Krizhevsky" in readme
+    assert f"DVC's hash (the `md5` of `data/prepared` in `dvc.lock`, as the evaluate stage read it): `{data}`" in readme
+    # and the project's, which the model files and the report record, so that a user can match them
+    trained_on = model_file.read(model_file.path_of("resnet18", committed.root))["prepared_data_hash"]
+    assert f"the project's hash (the `prepared_data_hash` that the model files and the report record): `{trained_on}`" \
+        in readme
+    assert head in readme and "CIFAR-100 (Alex Krizhevsky" in readme
     assert "32x32" in readme  # the limits of such models
 
 

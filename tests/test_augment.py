@@ -10,8 +10,9 @@ import albumentations as A
 import numpy as np
 import pytest
 
-import cifar_archive as ca
-from conftest import GENUINE_MD5, ROOT, assert_equal_arrays, copy_working_tree
+from helpers import archive as ca
+from helpers.archive import GENUINE_MD5, assert_equal_arrays
+from helpers.project import ROOT, copy_working_tree
 from src.augment import pipelines
 from src.data.splits import channel_stats, stratified_holdout
 from src.params import AugmentParams

@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_model, clone, train, weights
+from helpers.models import build_model
+from helpers.project import clone, train, weights
 from src.augment import pipelines
 from src.augment.batch_ops import CropFlipCutout, DeviceBatches
 from src.params import AugmentParams, RuntimeParams
 from src.runtime import resolve
 from src.train.data import LoaderBatches
+
+# runtime.* stays on auto here: with a GPU these tests take the CUDA path.
+pytestmark = pytest.mark.gpu
 
 MEAN, STD = [0.507, 0.487, 0.441], [0.267, 0.256, 0.276]
 

@@ -14,8 +14,8 @@ import warnings
 import numpy as np
 import pytest
 
-import cifar_archive as ca
-from conftest import assert_equal_arrays
+from helpers import archive as ca
+from helpers.archive import assert_equal_arrays
 
 
 def _load(payload: bytes, encoding: str):

@@ -18,8 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import MODELS, ok
-from inference_project import PARTIAL_MODEL, classify, partial_project, save_pngs, split_images, trained_project
+from helpers.commands import ok
+from helpers.inference import PARTIAL_MODEL, classify, partial_project, save_pngs, split_images, trained_project
+from helpers.models import MODELS
 from src import classifier, images, model_file
 from src.errors import UserError
 from src.params import RuntimeParams
@@ -147,7 +148,7 @@ def test_foreign_hostile_and_outdated_model_files_are_refused(project, tmp_path)
     torch.save({**state, "architecture": {"block": "vgg", "layers": [1]}}, foreign)
     with pytest.raises(UserError, match=r"refusing .*architecture .*'vgg'.*dvc repro train-resnet18"):
         classifier.load_classifier(foreign, runtime)
-    torch.save({**state, "architecture": "resnet18"}, foreign)  # as train stages before issue 20 wrote it
+    torch.save({**state, "architecture": "resnet18"}, foreign)  # as older train stages wrote it
     with pytest.raises(UserError, match=r"older train stage.*dvc repro train-resnet18"):
         classifier.load_classifier(foreign, runtime)
     torch.save({key: value for key, value in state.items() if key != "classes"}, foreign)

@@ -11,7 +11,9 @@ import sys
 import pytest
 import yaml
 
-from conftest import Project, copy_working_tree, drop_report, keep_models, ok, run_queue, tiny_repo
+from helpers.commands import ok
+from helpers.project import Project, copy_working_tree, drop_report, keep_models, tiny_repo
+from helpers.queue import run_queue
 
 SEEDS = (0, 1, 2)
 METRICS = ("top1", "top5")

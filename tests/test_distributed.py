@@ -23,8 +23,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import (BIN_DIR, build_model, clone, copy_project, copy_working_tree, keep_models, ok, ran_stages,
-                      start_cmd, tiny_repo, train, weights)
+from helpers.commands import BIN_DIR, ok, ran_stages, start_cmd
+from helpers.models import build_model
+from helpers.project import clone, copy_project, copy_working_tree, keep_models, tiny_repo, train, weights
 from src.errors import UserError
 from src.params import RuntimeParams
 from src.runtime import processes_per_node, resolve, seed_everything
@@ -196,7 +197,7 @@ def test_dvc_exp_run_with_two_processes_retrains_through_the_pipeline(tmp_path_f
 
 def test_a_stage_started_by_torchrun_joins_and_dvc_commit_records_it(tmp_path_factory, cifar_archive,
                                                                         http_server, closed_port):
-    """The README's multi-node lines on one node: torchrun runs the stage command, the stage
+    """docs/scale.md's multi-node lines on one node: torchrun runs the stage command, the stage
     joins torchrun's job, and `dvc commit` records the outputs DVC did not make."""
     repo = tiny_repo(tmp_path_factory.mktemp("torchrun") / "project", cifar_archive, http_server)
     ok(repo.dvc("repro", "augment"))

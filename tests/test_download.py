@@ -14,8 +14,9 @@ import tarfile
 import numpy as np
 import pytest
 
-import cifar_archive as ca
-from conftest import ARCHIVE_NAME, Project, assert_equal_arrays
+from helpers import archive as ca
+from helpers.archive import ARCHIVE_NAME, assert_equal_arrays
+from helpers.project import Project
 
 SPLITS = ("train", "test")
 

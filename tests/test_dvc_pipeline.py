@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, copy_working_tree, run_cmd
+from helpers.commands import run_cmd
+from helpers.pipeline import resolved_stages, written_out
+from helpers.project import ROOT, copy_working_tree
 
 PARAMS = {"seed": 0, "data.train_limit": 1000, "data.test_limit": 200, "data.val_size": 100,
           "augment.offline_copies": 0, "augment.preview_images": 8}
@@ -108,30 +110,6 @@ def test_augment_param_change_invalidates_augment_only(repro):
         (project.root / "params.yaml").write_text(params)
 
 
-def _resolved_stages(root) -> dict[str, dict]:
-    """Each stage as DVC itself loads it from `root`/dvc.yaml: cmd, deps, params by file, outs."""
-    from dvc.repo import Repo
-    with Repo(str(root)) as repo:
-        return {stage.name: {"cmd": stage.cmd,
-                             "deps": sorted(d.def_path for d in stage.deps if not hasattr(d, "params")),
-                             "params": {d.def_path: sorted(d.params) for d in stage.deps if hasattr(d, "params")},
-                             "outs": sorted((o.def_path, o.use_cache, o.metric, o.plot) for o in stage.outs)}
-                for stage in repo.index.stages}
-
-
-def written_out(pipeline: dict) -> dict:
-    """dvc.yaml with its anchors expanded and every params entry a plain key, as one would write it."""
-    pipeline = json.loads(json.dumps(pipeline))  # no shared objects: YAML would anchor them again
-    for stage in pipeline["stages"].values():
-        keys = []
-        for entry in stage.get("params", []):
-            keys += [key for keys_of_file in entry.values() for key in keys_of_file] if isinstance(entry, dict) \
-                else [entry]
-        if keys:
-            stage["params"] = keys
-    return pipeline
-
-
 def test_the_anchors_in_dvc_yaml_change_nothing(tmp_path):
     """The train stages share their deps and params through YAML anchors; each resolves to the
     same cmd, deps, params and outs as the same dvc.yaml written out in full."""
@@ -144,10 +122,42 @@ def test_the_anchors_in_dvc_yaml_change_nothing(tmp_path):
     (full / "dvc.yaml").write_text(yaml.safe_dump(written_out(yaml.safe_load(text)), sort_keys=False))
     assert "&" not in (full / "dvc.yaml").read_text() and "*train" not in (full / "dvc.yaml").read_text()
     (full / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    anchored, expanded = _resolved_stages(ROOT), _resolved_stages(full)
+    anchored, expanded = resolved_stages(ROOT), resolved_stages(full)
     assert anchored == expanded
     shared = anchored["train-resnet18"]
     for name in ("train-resnet34", "train-resnet50"):
         model = name.removeprefix("train-")
         assert anchored[name]["deps"] == shared["deps"]
         assert set(anchored[name]["params"]["params.yaml"]) - set(shared["params"]["params.yaml"]) == {f"model.{model}"}
+
+
+def uncovered_augment_keys(keys: list[str], schema=None) -> list[str]:
+    """The fields of ModelAugment (the augment keys a model may override) that a stage with these
+    params.yaml keys does not depend on, as `augment` or `augment.<field>`."""
+    from src.params import ModelAugment
+
+    fields = (schema or ModelAugment).model_fields
+    return [field for field in fields if "augment" not in keys and f"augment.{field}" not in keys]
+
+
+def test_each_train_stage_depends_on_every_augment_key_a_model_may_override():
+    """A model's `augment` block overrides the shared `augment.*` keys and falls back to them for
+    the rest: a change to any of them must re-run the train stages, so each lists them all (a key
+    added to ModelAugment and params.yaml but not to dvc.yaml would change no stage)."""
+    from src.params import ModelAugment
+
+    stages = resolved_stages(ROOT)  # as DVC resolves the anchors
+    trains = [name for name in stages if name.startswith("train-")]
+    assert trains
+    for name in trains:
+        keys = stages[name]["params"]["params.yaml"]
+        assert uncovered_augment_keys(keys) == [], f"{name}: add these to its params in dvc.yaml"
+    # The check fails when a key is missing, from either side.
+    keys = stages[trains[0]]["params"]["params.yaml"]
+    assert uncovered_augment_keys([k for k in keys if k != "augment.cutout_p"]) == ["cutout_p"]
+
+    class WithANewKey(ModelAugment):
+        solarize_p: float = 0.0
+
+    assert uncovered_augment_keys(keys, WithANewKey) == ["solarize_p"]
+    assert uncovered_augment_keys(["augment"], WithANewKey) == []  # the whole block covers every key

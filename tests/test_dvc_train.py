@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from conftest import TRAIN_STAGES, copy_project, ran_stages
+from helpers.commands import ran_stages
+from helpers.models import TRAIN_STAGES
+from helpers.project import copy_project
 
 UPSTREAM = ["download", "augment", *sorted(TRAIN_STAGES)]
 

@@ -6,42 +6,40 @@ served on 127.0.0.1), with tiny models written in the train stage's file format.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from dvclive import Live
 
-from conftest import ARCHITECTURES, MODELS, Project, ROOT, build_model, copy_working_tree
+from helpers.evaluated import (
+    ACCURACY_FILES,
+    EVAL_BATCH,
+    METRIC_FILES,
+    PLOT_TABLES,
+    TEST_IMAGES,
+    TIMING_FILES,
+    WIDTHS,
+    write_model_file,
+)
+from helpers.models import MODELS, build_model
+from helpers.project import ROOT, Project
 from src import model_file
 from src.accuracy import percent, topk_correct
+from src.data.normalize import Normalizer
 from src.errors import UserError
 from src.evaluate import files, metrics, results
 from src.evaluate.timing import batch_of, measure
 from src.params import RuntimeParams
+from src.provenance import data_hash
 from src.runtime import resolve
-from src.provenance import data_hash, versions
-from src.data.normalize import Normalizer
 
-# runtime.device stays auto: on a GPU machine the stage runs the CUDA path (bf16, channels_last),
-# deterministically and without torch.compile, whose compile time would dominate these tiny runs.
-TINY = {"data.train_limit": 300, "data.test_limit": 100, "data.val_size": 0,
-        "augment.preview_images": 8, "runtime.eval_batch_size": 32, "runtime.workers": 0,
-        "runtime.compile": False, "runtime.deterministic": True}
-TEST_IMAGES, EVAL_BATCH = TINY["data.test_limit"], TINY["runtime.eval_batch_size"]
-WIDTHS = {"resnet18": 2, "resnet34": 3, "resnet50": 2}  # tiny: speed only (any other model: 2)
-PLOT_TABLES = ("confusion", "reliability", "per_class", "predictions")
-METRIC_FILES = [f"metrics/{m}.json" for m in MODELS] + ["metrics/summary.json"]  # DVC metrics
-DETAIL_FILES = [f"evaluation/detail/{m}.json" for m in MODELS]
-ACCURACY_FILES = (METRIC_FILES + DETAIL_FILES
-                  + [f"plots/{kind}/{m}.csv" for kind in PLOT_TABLES for m in MODELS])
-TIMING_FILES = [f"evaluation/timing/{m}.json" for m in MODELS]
+# runtime.* stays on auto here: with a GPU these tests take the CUDA path.
+pytestmark = pytest.mark.gpu
+
 HEADLINE = {"top1", "top1_low", "top1_high", "top5", "top5_low", "top5_high", "loss", "ece", "macro_f1"}
 
 
@@ -215,75 +213,6 @@ def test_a_missing_model_file_is_refused(tmp_path):
 
 # --------------------------------------------------------------------------- stage inputs
 
-def write_model_file(path: Path, name: str, width: int, prepared_hash: str, mean, std, seed: int = 0) -> None:
-    """A models/<name>.pt as stages/train.py writes it (untrained weights: only the format matters)."""
-    torch.manual_seed(seed)
-    model = build_model(name, width=width)
-    model_file.write(path, name=name, architecture=ARCHITECTURES[name], width=width, state_dict=model.state_dict(),
-                     ema=False, params={"model": name, "seed": seed, "lr": 0.1, "epochs": 1, "width": width},
-                     prepared_data_hash=prepared_hash, normalize={"mean": list(mean), "std": list(std)},
-                     classes=[f"class{i}" for i in range(100)], history=[], versions=versions())
-
-
-def write_curves(folder: Path, epochs: int = 3) -> None:
-    """plots/train/<name>/ as the train stage logs it with DVCLive (step: the epoch, from 1)."""
-    with Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        for epoch in range(epochs):
-            live.step = epoch + 1
-            for key, value in (("train/loss", 4.6 - 0.3 * epoch), ("train/acc", 1.0 + 5 * epoch),
-                               ("heldout/loss", 4.5 - 0.2 * epoch), ("heldout/acc", 2.0 + 4 * epoch),
-                               ("lr", 0.1 * (epochs - epoch) / epochs)):
-                live.log_metric(key, value)
-            live.next_step()
-        live.summary["heldout_split"] = "test (monitoring only, nothing selected on it)"
-
-
-@dataclass
-class Evaluated:
-    project: Project
-    first: object   # CompletedProcess of the first evaluate run
-    second: object  # ... and of the second
-    first_bytes: dict[str, bytes]
-
-    def json(self, rel: str) -> dict:
-        return json.loads((self.project.root / rel).read_text())
-
-
-_evaluated: list[Evaluated] = []  # built once per session, also for tests/test_report.py
-
-
-def evaluated_project(tmp_path_factory, downloaded) -> Evaluated:
-    """A git copy of the project after augment, tiny models and curves, and two evaluate runs."""
-    if _evaluated:
-        return _evaluated[0]
-    source, _, download = downloaded
-    assert download.returncode == 0, download.stderr[-3000:]
-    project = copy_working_tree(tmp_path_factory.mktemp("evaluate") / "project", git=True)
-    project.link_raw_from(source)
-    project.set_params(TINY)
-    augment = project.stage("augment")
-    assert augment.returncode == 0, augment.stderr[-3000:]
-    prepared = project.root / "data" / "prepared"
-    stats = json.loads((prepared / "stats.json").read_text())
-    for seed, name in enumerate(MODELS):
-        write_model_file(project.root / "models" / f"{name}.pt", name, WIDTHS.get(name, 2),
-                         data_hash(prepared), stats["mean"], stats["std"], seed)
-        with contextlib.chdir(project.root):  # DVCLive looks for a repo from the working directory
-            write_curves(project.root / "plots" / "train" / name)
-    first = project.stage("evaluate")
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
-    first_bytes = {rel: (project.root / rel).read_bytes() for rel in ACCURACY_FILES + TIMING_FILES}
-    second = project.stage("evaluate")
-    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
-    _evaluated.append(Evaluated(project, first, second, first_bytes))
-    return _evaluated[0]
-
-
-@pytest.fixture(scope="session")
-def evaluated(tmp_path_factory, downloaded) -> Evaluated:
-    return evaluated_project(tmp_path_factory, downloaded)
-
-
 # --------------------------------------------------------------------------- the stage
 
 def test_metrics_files_have_the_expected_keys_and_ranges(evaluated):
@@ -345,7 +274,7 @@ def test_summary_compares_every_pair_on_the_same_images(evaluated):
         b, c = int(np.sum(right[first] & ~right[second])), int(np.sum(right[second] & ~right[first]))
         assert entry["discordant"] == [b, c]
         p = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
-        assert entry["mcnemar_p"] == round(p, 4)
+        assert entry["mcnemar_p"] == files.significant(p)  # p-values: 4 significant digits, not decimals
         p_values.append(p)
         low, high = entry["top1_diff_ci95"]
         assert low <= entry["top1_diff"] <= high
@@ -353,7 +282,7 @@ def test_summary_compares_every_pair_on_the_same_images(evaluated):
     order = np.argsort(p_values)
     expected = np.minimum(1, np.maximum.accumulate(np.array(p_values)[order] * [3, 2, 1]))
     for rank, i in enumerate(order):
-        assert list(comparisons.values())[i]["mcnemar_p_holm"] == round(float(expected[rank]), 4)
+        assert list(comparisons.values())[i]["mcnemar_p_holm"] == files.significant(expected[rank])
 
 
 def test_predictions_agree_with_an_independent_forward_pass(evaluated):
@@ -504,7 +433,8 @@ def test_val_split_is_scored_as_the_test_split_is(evaluated, tmp_path):
             logits = model(x).double()
         top5 = (logits.topk(5, dim=1).indices == torch.from_numpy(labels).view(-1, 1)).any(1).double().mean() * 100
         if ON_CPU:
-            assert metrics_file["val"]["top1"] == pytest.approx(float(np.mean(logits.argmax(1).numpy() == labels) * 100), abs=1e-4)
+            assert metrics_file["val"]["top1"] == pytest.approx(
+                float(np.mean(logits.argmax(1).numpy() == labels) * 100), abs=1e-4)
             assert metrics_file["val"]["top5"] == pytest.approx(top5.item(), abs=1e-4)
         assert metrics_file["val"]["loss"] == pytest.approx(
             torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).item(), rel=0.02)

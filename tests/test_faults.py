@@ -2,10 +2,9 @@
 unwritable output folder. After each, re-running gives the same result as no fault."""
 from __future__ import annotations
 
-import re
 import resource
-import subprocess
 import signal
+import subprocess
 import sys
 import time
 
@@ -13,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import clone, command_env, copy_working_tree, start_cmd, train, weights
+from helpers.commands import command_env, kill_on_line, start_cmd
+from helpers.project import clone, copy_working_tree, train, weights
 
 KILL_POINTS = {  # a line the stage prints -> where the process is when it is killed
     "during the first epoch, before any checkpoint": r"no checkpoint: starting from scratch",
@@ -21,21 +21,6 @@ KILL_POINTS = {  # a line the stage prints -> where the process is when it is ki
     "during epoch 3, after a checkpoint": r"epoch 2/3: train loss",
     "after the last epoch, around the model write": r"epoch 3/3: train loss",
 }
-
-
-def kill_on_line(project, args: list[str], pattern: str, timeout: float = 180) -> str:
-    """Run a stage, SIGKILL it as soon as it prints a line matching `pattern`; return its output."""
-    process = start_cmd(args, cwd=project.root, env=project.env)
-    seen, deadline = [], time.monotonic() + timeout
-    for line in iter(process.stdout.readline, ""):
-        seen.append(line)
-        if re.search(pattern, line) or time.monotonic() > deadline:
-            process.send_signal(signal.SIGKILL)
-            break
-    process.wait()
-    process.stdout.close()
-    assert process.returncode == -signal.SIGKILL, "".join(seen)[-2000:]
-    return "".join(seen)
 
 
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))

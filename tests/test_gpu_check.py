@@ -1,6 +1,6 @@
-"""tests/gpu_check.sh --dry-run: the one command for a lent GPU runs here at a tiny size and writes
-the summary a GPU run writes. Two parts run (the cheapest that take the benchmark's and pytest's
-figures); the others are skipped with --parts, as a rerun on the device skips what passed."""
+"""scripts/gpu_check.sh --dry-run: the one command for a GPU machine runs on CPU at a tiny size and
+writes the summary a GPU run writes. Two parts run (the cheapest that take the benchmark's and
+pytest's figures); the others are skipped with --parts, as a rerun on a GPU skips what passed."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,12 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+
+from helpers.project import ROOT
+
+# It runs scripts/gpu_check.sh, whose parts train, benchmark and run dvc.
+pytestmark = pytest.mark.slow
 
 PARTS = ["setup", "tests", "resnet18", "resnet50", "distributed", "repro"]
 
@@ -18,12 +23,12 @@ def test_the_dry_run_writes_the_summary_a_gpu_run_writes(tmp_path):
     env = {key: value for key, value in os.environ.items()  # the run's own pytest is not an xdist worker
            if not key.startswith(("PYTEST_", "PYTHONPATH"))}
     env.update(OUT=str(out), PYTHON=sys.executable, GPU_VENV=str(tmp_path / "venv"))
-    result = subprocess.run(["bash", "tests/gpu_check.sh", "--dry-run", "--parts", "tests,resnet18"], cwd=ROOT,
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run", "--parts", "tests,resnet18"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["resnet18.log", "setup.log", "summary.json", "tests.log"]  # the device returns 8 at most
+    assert files == ["resnet18.log", "setup.log", "summary.json", "tests.log"]  # a log per part that ran, the summary
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"dry_run", "seconds", "limit_s", "passed", "parts", "goals", "accuracy_run"}
     assert summary["dry_run"] is True and summary["passed"] is True

@@ -8,46 +8,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers.pipeline import COMMANDS
+from src import imports
+
 ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = DVC_YAML["stages"]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def module_file(name: str) -> Path | None:
-    """The file of a project module (src.*, stages.*), or None for anything else."""
-    if name.split(".")[0] not in ("src", "stages"):
-        return None
-    base = ROOT.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.exists():
-            return candidate
-    return None
-
-
 def imported_files(script: Path) -> set[Path]:
-    """The project files `script` imports, transitively, including package __init__ files."""
-    seen: set[Path] = set()
-    todo = [script]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                # `from src.augment import pipelines` imports the module src.augment.pipelines
-                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-            for name in names:
-                parts = name.split(".")
-                for i in range(1, len(parts) + 1):  # parent packages run their __init__ too
-                    found = module_file(".".join(parts[:i]))
-                    if found is not None:
-                        todo.append(found)
-    return seen
+    """The project files `script` imports, transitively, including package __init__ files: the
+    walk `python -m src.space` also uses."""
+    return imports.imported_files(script, ROOT)
 
 
 def has_code(path: Path) -> bool:
@@ -58,7 +31,7 @@ def has_code(path: Path) -> bool:
 
 def stage_script(stage: dict) -> Path:
     module = re.match(r"python -m ([\w.]+)", stage["cmd"]).group(1)
-    return module_file(module)
+    return imports.module_file(module, ROOT)
 
 
 def declared_code(stage: dict) -> set[Path]:
@@ -94,15 +67,6 @@ def test_no_train_stage_depends_on_evaluate_or_report_code(name):
         assert not re.search(r"(evaluate|report)", dep), f"{name} depends on {dep}"
 
 
-# User commands (`python -m src.compare`, `python -m src.classify`, `python -m src.sweep`,
-# `python -m src.space`) and the code only they and app.py share (src/serving.py): they read the
-# pipeline's results or run DVC, no stage runs them.
-COMMANDS = {ROOT / "src" / "compare.py", ROOT / "src" / "classify.py", ROOT / "src" / "classifier.py",
-            ROOT / "src" / "images.py", ROOT / "src" / "experiments.py", ROOT / "src" / "sweep.py",
-            ROOT / "src" / "serving.py", ROOT / "src" / "space.py",
-            *(ROOT / "src" / "tuning").glob("*.py")}
-
-
 def test_every_project_module_is_used_by_some_stage():
     used = set().union(*(declared_code(s) for s in STAGES.values()))
     modules = {p for p in ROOT.glob("src/**/*.py") if has_code(p)} - COMMANDS
@@ -126,7 +90,7 @@ def test_evaluation_and_inference_import_no_training_code():
 
 
 def test_every_model_of_params_has_its_train_stage_and_evaluate_dep():
-    """The three places a model is named (README "Add a model") agree."""
+    """The three places a model is named (docs/models.md) agree."""
     from src.params import load_params
 
     models = load_params(ROOT / "params.yaml").model.names

@@ -6,7 +6,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers.project import ROOT
 from src.errors import UserError
 from src.params import Params, load_params, parse_params
 
@@ -81,13 +81,13 @@ def test_params_yaml_matches_the_schema_exactly():
     raw = default_raw()
     params = parse_params(raw)  # extra="forbid": an unknown key in params.yaml fails here
     # ...and the schema's defaults are the file's values: one source of truth for the recipe. The
-    # models and their reference results are data that only params.yaml holds (README "Add a model").
+    # models and their reference results are data that only params.yaml holds (docs/models.md).
     defaults, values = Params().model_dump(), params.model_dump()
     assert Params().model.names == [] and defaults["reference"] == {}
     assert defaults["model"] == {key: values["model"][key] for key in ("width", "zero_init_residual", "dropout")}
     assert {k: v for k, v in defaults.items() if k not in ("model", "reference")} == \
         {k: v for k, v in values.items() if k not in ("model", "reference")}
-    assert params.model.names[:3] == ["resnet18", "resnet34", "resnet50"]  # the seeds' (and any added after)
+    assert params.model.names[:3] == ["resnet18", "resnet34", "resnet50"]  # the three references' (and any added after)
     assert [params.recipe(name).architecture() for name in params.model.names[:3]] == [
         {"block": "basic", "layers": [2, 2, 2, 2]}, {"block": "basic", "layers": [3, 4, 6, 3]},
         {"block": "bottleneck", "layers": [3, 4, 6, 3]}]
@@ -138,7 +138,7 @@ def test_model_augment_overrides_only_the_keys_it_names():
     assert params.model_augment("resnet18").crop == "resized"
     assert params.model_augment("resnet18").cutout_size == 8  # not overridden: the shared key reaches it
     assert params.model_augment("resnet34").crop == "pad" and params.model_augment("resnet34").crop_padding == 2
-    resnet50 = params.model_augment("resnet50")  # seed 001's crop stays, the shared cutout reaches it
+    resnet50 = params.model_augment("resnet50")  # the ResNet-50 reference's crop stays, the shared cutout reaches it
     assert (resnet50.crop, resnet50.resized_scale, resnet50.resized_ratio, resnet50.cutout_size) == (
         "resized", (0.8, 1.0), (0.9, 1.1), 8)
 
@@ -189,7 +189,7 @@ def test_every_stage_refuses_bad_params_in_seconds_without_traceback(stage_copy,
 
 def test_a_model_is_a_block_with_an_architecture():
     raw = default_raw()
-    raw["model"]["resnet101"] = {"block": "bottleneck", "layers": [3, 4, 23, 3]}  # README "Add a model"
+    raw["model"]["resnet101"] = {"block": "bottleneck", "layers": [3, 4, 23, 3]}  # docs/models.md
     params = parse_params(raw)
     assert params.model.names == ["resnet18", "resnet34", "resnet50", "resnet101"]
     assert params.recipe("resnet101").architecture() == {"block": "bottleneck", "layers": [3, 4, 23, 3]}

@@ -12,8 +12,11 @@ import time
 import pytest
 import yaml
 
-from conftest import BIN_DIR, MODELS, ROOT, TRAIN_STAGES, command_env, copy_project, ok, ran_stages
-from test_lineage import COMMANDS
+from helpers.commands import BIN_DIR, command_env, ok, ran_stages
+from helpers.docs import section
+from helpers.models import MODELS, TRAIN_STAGES
+from helpers.pipeline import COMMANDS
+from helpers.project import ROOT, copy_project
 
 AFTER_TRAIN = TRAIN_STAGES | {"evaluate", "report"}
 ALL_STAGES = {"download", "augment"} | AFTER_TRAIN
@@ -39,7 +42,7 @@ def test_repro_exp_run_and_diffs_end_to_end(repo):
     assert json.loads(ok(repo.dvc("status", "--json")).stdout or "{}") == {}
     baseline.update(accuracy_files(repo.root))
 
-    # The README's two experiments, as written there: a shared key retrains the three models, a
+    # docs/experiments.md's two experiments, as written there: a shared key retrains the three models, a
     # ResNet-50 key (on top of the first's lr, left in the workspace) retrains ResNet-50 only.
     names = []
     for line, expected in zip(readme_experiment_runs(), (AFTER_TRAIN, {"train-resnet50", "evaluate", "report"})):
@@ -76,14 +79,9 @@ def accuracy_files(root) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
-def readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    return text.split(f"\n## {title}\n")[1].split("\n## ")[0]
-
-
 def readme_experiment_runs() -> list[str]:
-    """The `dvc exp run -n ...` lines of README "Experiments and sweeps" (two)."""
-    block = readme_section("Experiments and sweeps")
+    """The `dvc exp run -n ...` lines of docs/experiments.md "Experiments" (two)."""
+    block = section("experiments.md", "Experiments")
     runs = [line.split("#")[0].strip() for line in block.splitlines() if line.startswith("dvc exp run -n")]
     assert len(runs) == 2, runs
     return runs
@@ -93,7 +91,8 @@ def in_terminal(command: list, project, columns: int) -> str:
     """What `command` prints in a terminal `columns` wide (a pseudo-terminal), colours stripped."""
     leader, follower = pty.openpty()
     env = command_env({**project.env, "COLUMNS": str(columns), "LINES": "50", "TERM": "xterm-256color"})
-    process = subprocess.Popen([str(c) for c in command], cwd=project.root, env=env, stdin=follower, stdout=follower, stderr=follower)
+    process = subprocess.Popen([str(c) for c in command], cwd=project.root, env=env,
+                               stdin=follower, stdout=follower, stderr=follower)
     os.close(follower)
     chunks = []
     while True:
@@ -110,12 +109,12 @@ def in_terminal(command: list, project, columns: int) -> str:
 
 
 def test_the_readme_experiments_read_in_a_120_column_terminal(repo):
-    """The README's experiments (run by the first test), then its `dvc exp show` recipe in a terminal 120 columns
-    wide: every experiment's name, its changed params and each model's top-1, no cell collapsed.
+    """docs/experiments.md's experiments (run by the first test), then its `dvc exp show` recipe in a terminal 120
+    columns wide: every experiment's name, its changed params and each model's top-1, no cell collapsed.
     (--no-pager: rich then fits the table to the terminal, collapsing what does not fit; through
     the pager it is drawn at its full width, which the same assertion bounds.)"""
-    assert baseline, "runs after test_repro_exp_run_and_diffs_end_to_end (which ran the README's experiments)"
-    block = readme_section("Experiments and sweeps")
+    assert baseline, "runs after test_repro_exp_run_and_diffs_end_to_end (which ran the docs' experiments)"
+    block = section("experiments.md", "Experiments")
     recipe = next(line.split("#")[0] for line in block.splitlines()
                   if line.startswith("dvc exp show --only-changed"))
     shown = in_terminal([BIN_DIR / "dvc", *shlex.split(recipe)[1:], "--no-pager"], repo, columns=120)
@@ -171,7 +170,8 @@ def test_augmentation_changes_retrain_the_models_they_reach_and_never_change_pre
     assert recorded["resnet50"]["crop"] == params["model"]["resnet50"]["augment"].get("crop", "pad")
     assert recorded["resnet18"]["cutout_inside"] == params["model"]["resnet18"]["augment"].get(
         "cutout_inside", params["augment"]["cutout_inside"])
-    assert recorded["resnet18"]["cutout_size"] == recorded["resnet50"]["cutout_size"] == params["augment"]["cutout_size"]
+    assert (recorded["resnet18"]["cutout_size"] == recorded["resnet50"]["cutout_size"]
+            == params["augment"]["cutout_size"])
 
 
 def _stages_listing(relative: str) -> set[str]:

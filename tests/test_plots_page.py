@@ -19,14 +19,16 @@ import shutil
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
 
-from conftest import MODELS, ROOT, copy_project, ok
+from helpers.commands import ok
+from helpers.models import MODELS
+from helpers.project import ROOT, copy_project
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 DRAW_TIMEOUT = 120  # seconds for every plot of a page to draw (a few on an idle machine)
@@ -76,7 +78,7 @@ def test_the_page_template_is_configured_self_contained_and_pinned():
     assert re.findall(r"<script[^>]*\ssrc\s*=", page, flags=re.IGNORECASE) == []
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page, flags=re.IGNORECASE)
     # The versions dvc-render itself would load, each inlined once with its licence beside it.
-    assert {name: version for name, version in re.findall(r"npm/([\w-]+)@([\d.]+)", VegaRenderer.SCRIPTS)} == VENDORED, \
+    assert dict(re.findall(r"npm/([\w-]+)@([\d.]+)", VegaRenderer.SCRIPTS)) == VENDORED, \
         "dvc-render changed its Vega versions: update PACKAGES in .dvc/plots/build_page.py and run it"
     for name, version in VENDORED.items():
         assert page.count(f"<script>/* {name} {version}, BSD-3-Clause") == 1, name
@@ -258,7 +260,8 @@ def test_the_page_draws_every_plot_offline(pages, browser, tmp_path, kind):
     fetched = [url for url in requested if not url.startswith(("file:", "data:", "blob:", "about:"))]
     assert fetched == [], f"the page requested {fetched}"
     assert browser.execute_script("return document.characterSet") == "UTF-8"
-    assert browser.execute_script("return [vega.version, vegaLite.version, vegaEmbed.version]") == list(VENDORED.values())
+    versions = browser.execute_script("return [vega.version, vegaLite.version, vegaEmbed.version]")
+    assert versions == list(VENDORED.values())
     html = browser.execute_script("return document.documentElement.outerHTML")
     assert "â€" not in html and "Â·" not in html  # "…" and "·" read as cp1252
     truncated = browser.execute_script(

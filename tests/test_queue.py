@@ -8,7 +8,9 @@ import json
 import pytest
 import torch
 
-from conftest import drop_report, keep_models, ok, ran_stages, run_queue, tiny_repo
+from helpers.commands import ok, ran_stages
+from helpers.project import drop_report, keep_models, tiny_repo
+from helpers.queue import run_queue
 
 LRS = ("0.05", "0.2")  # two experiments, run at the same time by two queue workers
 ACCURACY_FILES = ("resnet18.json", "summary.json")
@@ -53,7 +55,7 @@ def test_queued_experiments_run_two_at_a_time_match_runs_alone(repo):
 
 
 def test_queued_experiments_pinned_one_per_gpu(repo):
-    """The README's way to spread N queued experiments over N GPUs: each pinned with
+    """docs/scale.md's way to spread N queued experiments over N GPUs: each pinned with
     runtime.device=cuda:K. Where there are not two GPUs, each fails with the device error."""
     names = {"cuda:0": "on-gpu0", "cuda:1": "on-gpu1"}
     for device, name in names.items():

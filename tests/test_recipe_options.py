@@ -11,14 +11,18 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from conftest import build_model, clone, ok, train, weights
-from test_faults import kill_on_line
+from helpers.commands import kill_on_line, ok
+from helpers.models import build_model
+from helpers.project import clone, train, weights
 from src.data.normalize import Normalizer
 from src.params import Params, RuntimeParams
 from src.predict import predict_logits
 from src.runtime import resolve
 from src.train.ema import WeightAverage
 from src.train.mix import BatchMix
+
+# runtime.* stays on auto here: with a GPU these tests take the CUDA path.
+pytestmark = pytest.mark.gpu
 
 # --------------------------------------------------------------------------- model options
 

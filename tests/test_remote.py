@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import Project, copy_project, ok, ran_stages, run_cmd
+from helpers.commands import ok, ran_stages, run_cmd
+from helpers.project import Project, copy_project
 
 EXP = "shared-lr-scale"
 OUTPUT_FOLDERS = ("data", "models", "metrics", "plots")  # every DVC output, cached or in git

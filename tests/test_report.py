@@ -8,12 +8,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import MODELS, ROOT
+from helpers.evaluated import write_curves
+from helpers.models import MODELS
+from helpers.pipeline import declared, declared_code
+from helpers.project import ROOT
 from src.errors import UserError
 from src.params import load_params
 from src.report import inputs, markdown, per_class
 from stages.report import PRINTED_PARAMS
-from test_evaluate import declared, declared_code, evaluated_project, write_curves
 
 CLASSES = {"fine": ["apple", "bee", "cat", "dog"], "coarse": ["fruit", "animal"],
            "fine_to_coarse": [0, 1, -1, 1]}
@@ -80,10 +82,10 @@ def test_results_table_marks_the_reference_numbers():
     assert "| top-1 minus reference top-1 (points) | -8.33 | -5.00 | -11.45 |" in lines
     reference = [line for line in lines if "reference" in line and "not measured here" in line]
     assert len(reference) == 2
-    assert "*78.33 (seed 000, 100 epochs)*" in reference[0]
+    assert "*78.33 (published ResNet-18 run, 100 epochs)*" in reference[0]
     assert "*75.00 (target; public ResNet-34: 76.76, 100 epochs)*" in reference[0]
-    assert "*81.45 (seed 001, 200 epochs)*" in reference[0]
-    assert reference[1].endswith("|  |  | *95.70 (seed 001, 200 epochs)* |")
+    assert "*81.45 (ResNet-50 Space on an A100, 200 epochs)*" in reference[0]
+    assert reference[1].endswith("|  |  | *95.70 (ResNet-50 Space on an A100, 200 epochs)* |")
     assert "| throughput (img/s; slowest-fastest pass) | 1,000 (950-1,020) |" in text
     assert "| latency (ms, one image; fastest-slowest pass) | 2.50 (2.40-2.90) |" in text
     # Not at the reference scale: no difference to the published numbers, which stay for orientation
@@ -97,7 +99,8 @@ def test_a_model_without_a_reference_gets_empty_cells():
     lines = text.splitlines()
     assert lines[0] == "| test split | ResNet-18 | ResNet-34 | ResNet-50 | ResNet-101 |"
     assert "| top-1 minus reference top-1 (points) | -8.33 | -5.00 | -11.45 |  |" in lines
-    assert [line for line in lines if "not measured here" in line][0].endswith("(seed 001, 200 epochs)* |  |")
+    assert [line for line in lines if "not measured here" in line][0].endswith(
+        "(ResNet-50 Space on an A100, 200 epochs)* |  |")
     assert markdown.title("resnet101") == "ResNet-101" and markdown.title("wrn-28-10") == "wrn-28-10"
 
 
@@ -132,8 +135,9 @@ def comparison(diff: float, low: float, high: float, b: int, c: int, p: float, h
 
 COMPARISONS = {  # ResNet-50 clearly ahead, ResNet-18 and -34 within chance of each other
     "resnet34_vs_resnet18": comparison(-0.3, -1.1, 0.5, 410, 440, 0.3204, 0.3204),
-    "resnet50_vs_resnet18": comparison(3.1, 2.3, 3.9, 600, 290, 0.0, 0.0),
-    "resnet50_vs_resnet34": comparison(3.4, 2.6, 4.2, 610, 270, 0.0, 0.0001),
+    # p as the metrics files keep them, 4 significant digits (binomtest(290, 890) and Holm over 3)
+    "resnet50_vs_resnet18": comparison(3.1, 2.3, 3.9, 600, 290, 1.244e-25, 2.487e-25),
+    "resnet50_vs_resnet34": comparison(3.4, 2.6, 4.2, 610, 270, 5.451e-31, 1.635e-30),
 }
 TOP1 = {"resnet18": {"top1": 78.4}, "resnet34": {"top1": 78.1}, "resnet50": {"top1": 81.5}}
 
@@ -144,8 +148,10 @@ def test_comparisons_table_lists_each_pair_with_its_interval_and_tests():
     assert "Holm-adjusted p (3 pairs)" in lines[0]
     assert lines[2:] == [
         "| ResNet-34 - ResNet-18 | -0.30 | [-1.10, +0.50] | 410 / 440 | 0.3204 | 0.3204 | no |",
-        "| ResNet-50 - ResNet-18 | +3.10 | [+2.30, +3.90] | 600 / 290 | < 0.0001 | < 0.0001 | **yes** |",
-        "| ResNet-50 - ResNet-34 | +3.40 | [+2.60, +4.20] | 610 / 270 | < 0.0001 | 0.0001 | **yes** |"]
+        "| ResNet-50 - ResNet-18 | +3.10 | [+2.30, +3.90] | 600 / 290 | 1.2e-25 | 2.5e-25 | **yes** |",
+        "| ResNet-50 - ResNet-34 | +3.40 | [+2.60, +4.20] | 610 / 270 | 5.5e-31 | 1.6e-30 | **yes** |"]
+    # A small p reads as one, not as 0; 0 itself is a p below the smallest float.
+    assert [markdown._p(p) for p in (0.0123, 0.0001, 1.8e-05, 0.0)] == ["0.0123", "0.0001", "1.8e-05", "< 1e-300"]
 
 
 def test_ranking_sentence_ranks_and_names_the_significant_gaps():
@@ -199,12 +205,6 @@ def test_training_curves_read_dvclive_folders(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- the stage
-
-@pytest.fixture(scope="session")
-def evaluated(tmp_path_factory, downloaded):
-    """The project tests/test_evaluate.py evaluated (built once, whichever file runs first)."""
-    return evaluated_project(tmp_path_factory, downloaded)
-
 
 @pytest.fixture(scope="session")
 def reported(evaluated):

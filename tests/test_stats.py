@@ -1,6 +1,7 @@
 """src/evaluate/stats.py: intervals, the exact McNemar test and Holm's adjustment against direct computations."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -33,7 +34,7 @@ def holm_rejects(p_values: list[float], alpha: float) -> set[int]:
 
 def test_holm_adjusted_p_values_reject_exactly_what_the_procedure_rejects():
     rng = np.random.default_rng(0)
-    for trial in range(300):
+    for _ in range(300):
         p = rng.uniform(0, 0.1, size=int(rng.integers(1, 7))).tolist()
         adjusted = stats.holm(p)
         assert all(a >= q for a, q in zip(adjusted, p)) and max(adjusted) <= 1
@@ -105,3 +106,28 @@ def test_compare_names_every_pair_larger_model_first():
         low, high = entry["top1_diff_ci95"]
         assert low <= entry["top1_diff"] <= high
     assert [e["mcnemar_p_holm"] for e in out.values()] == stats.holm([e["mcnemar_p"] for e in out.values()])
+
+
+def test_a_small_p_is_written_to_significant_digits_not_rounded_to_zero(tmp_path):
+    """metrics/summary.json as the evaluate stage writes it (results.summary, then files.write_json):
+    a McNemar p of about 2e-05 is kept, to 4 significant digits; 4 decimals would store 0.0."""
+    from src.evaluate import files, results
+
+    n, b, c = 1000, 40, 10  # the first model alone right on 40 images, the second alone on 10
+    first = np.zeros(n, dtype=bool)
+    second = np.zeros(n, dtype=bool)
+    first[:b] = True
+    second[b:b + c] = True
+    first[b + c:800] = second[b + c:800] = True  # both right on the rest of their images
+    exact = exact_mcnemar(b, c)
+    assert 1e-5 < exact < 1e-4  # below what 4 decimals can hold
+    correct = {"resnet18": second, "resnet50": first}
+    headline = {name: {"top1": float(right.mean() * 100)} for name, right in correct.items()}
+    files.write_json(tmp_path / "summary.json", results.summary(headline, correct))
+
+    written = json.loads((tmp_path / "summary.json").read_text())["comparisons"][0]
+    assert written["pair"] == "resnet50_vs_resnet18" and written["discordant"] == [b, c]
+    for key in ("mcnemar_p", "mcnemar_p_holm"):  # one pair: Holm leaves p as it is
+        assert written[key] > 0
+        assert written[key] == float(f"{exact:.4g}") == 2.386e-05, key
+    assert written["top1_diff"] == 3.0  # a percentage keeps its 4 decimals

@@ -18,14 +18,15 @@ import pytest
 import yaml
 from optuna import distributions
 
-from conftest import (BIN_DIR, ROOT, TINY, drop_report, keep_models, ok, run_cmd, start_cmd, tiny_repo,
-                      wait_until_queue_idle)
+from helpers.commands import BIN_DIR, ok, run_cmd, start_cmd
+from helpers.docs import command, section
+from helpers.project import ROOT, drop_report, keep_models, tiny_repo
+from helpers.queue import wait_until_queue_idle
+from helpers.sweep import LEARNS, VAL_SIZE
 from src.errors import UserError
 from src.experiments import worker_env
 from src.tuning.space import load_space
 
-LEARNS = {**TINY, "data.train_limit": 2000, "model.width": 8, "epochs": 3, "train.warmup_epochs": 0}
-VAL_SIZE = 200
 SPACE = f"objective: resnet18\nval_size: {VAL_SIZE}\nspace:\n  lr: {{low: 0.02, high: 0.2, log: true}}\n"
 
 
@@ -73,7 +74,8 @@ BAD = {
     "unknown-key": (SPACE.replace("lr:", "train.lrr:"), [], "space.train.lrr is not a key of params.yaml"),
     "refused-range": (SPACE.replace("low: 0.02, high: 0.2, log: true", "low: 0.0, high: 0.5"), [],
                       "space.lr: 0.0 is refused by params.yaml's schema"),
-    "refused-choice": (SPACE.replace("lr: {low: 0.02, high: 0.2, log: true}", "train.label_smoothing: {choices: [0.0, 1.5]}"),
+    "refused-choice": (SPACE.replace("lr: {low: 0.02, high: 0.2, log: true}",
+                                     "train.label_smoothing: {choices: [0.0, 1.5]}"),
                        [], "space.train.label_smoothing: 1.5 is refused"),
     "test-objective": (SPACE.replace("objective: resnet18", "objective: resnet18.top1"), [],
                        "a sweep chooses on the val split only"),
@@ -175,7 +177,8 @@ def test_random_sweep_resumes_after_kill_9_and_final_scores_the_test_split_once(
     for trial in trials:
         ref = refs[trial["experiment"]]
         params = exp_params(repo, ref)
-        assert params["data"]["val_size"] == VAL_SIZE and params["lr"] == pytest.approx(trial["params"]["lr"], rel=1e-12)
+        assert params["data"]["val_size"] == VAL_SIZE
+        assert params["lr"] == pytest.approx(trial["params"]["lr"], rel=1e-12)
         val_top1[trial["experiment"]] = exp_json(repo, ref, "metrics/resnet18.json")["val"]["top1"]
         assert trial["value"] == val_top1[trial["experiment"]]
     best = report["best"]
@@ -190,7 +193,7 @@ def test_random_sweep_resumes_after_kill_9_and_final_scores_the_test_split_once(
     assert final_params == best_params
     metrics = exp_json(repo, refs["lr-final"], "metrics/resnet18.json")
     assert "val" not in metrics and final["test"]["resnet18"]["top1"] == metrics["top1"]
-    # The README's view of the trials: each one, with its val top-1, best first.
+    # docs/experiments.md's view of the trials: each one, with its val top-1, best first.
     shown = ok(run_cmd([BIN_DIR / "dvc", *shlex.split(readme_command("dvc exp show"))[1:], "--no-pager"], repo.root,
                        env={**repo.env, "COLUMNS": "300"})).stdout  # one model: its files' keys are columns too
     rows = [line for line in shown.splitlines() if "[lr-t" in line]
@@ -200,24 +203,18 @@ def test_random_sweep_resumes_after_kill_9_and_final_scores_the_test_split_once(
 
 
 def readme_tuning() -> str:
-    return (ROOT / "README.md").read_text().split("\n## Tuning: validation first, the test split once\n")[1] \
-        .split("\n## ")[0]
+    """docs/experiments.md's Tuning section, whose snippets these tests run."""
+    return section("experiments.md", "Tuning: validation first, the test split once")
 
 
 def readme_command(start: str) -> str:
-    """The first command of the Tuning section that starts with `start`, its continuation lines
-    joined and its comments dropped."""
-    lines = readme_tuning().splitlines()
-    i = next(k for k, line in enumerate(lines) if line.startswith(start))
-    command = lines[i]
-    while command.split("#")[0].rstrip().endswith("\\"):
-        i += 1
-        command = command.split("#")[0].rstrip()[:-1] + " " + lines[i].strip()
-    return command.split("  #")[0].strip()
+    """The first command of the Tuning section that starts with `start`."""
+    return command(readme_tuning(), start)
 
 
 def test_readme_space_yaml_is_a_valid_space(tmp_path):
     text = readme_tuning().split("cat > lr.yaml <<'END'\n")[1].split("\nEND\n")[0]
     (tmp_path / "lr.yaml").write_text(text)
     space = load_space(tmp_path / "lr.yaml", ROOT / "params.yaml")
-    assert (space.objective, space.val_size, list(space.dimensions)) == ("resnet18", 5000, ["lr", "train.label_smoothing"])
+    assert (space.objective, space.val_size, list(space.dimensions)) == (
+        "resnet18", 5000, ["lr", "train.label_smoothing"])

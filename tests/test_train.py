@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ARCHITECTURES, build_model, clone, train, weights
+from helpers.models import ARCHITECTURES, build_model
+from helpers.project import clone, train, weights
 from src.models.build import count_parameters
 from src.models.resnet import BLOCKS
 from src.train import checkpoint
 from src.train.optim import get_lr, param_groups
+
+# runtime.* stays on auto here: with a GPU these tests take the CUDA path.
+pytestmark = pytest.mark.gpu
 
 # --------------------------------------------------------------------------- model and optimiser
 

@@ -84,7 +84,7 @@ def main() -> None:
     for name, version, integrity in PACKAGES:
         tarball = download(name, version, integrity)
         block = inline_script(name, version, member(tarball, f"build/{name}.min.js"))
-        page, found = block_pattern(name).subn(lambda _: block, page)
+        page, found = block_pattern(name).subn(lambda _, block=block: block, page)
         if found != 1:
             raise SystemExit(f"page.html holds {found} inlined {name} builds, not one: restore it with "
                              "`git checkout .dvc/plots/page.html` and run this again")

@@ -1,11 +1,11 @@
 """AutoAugment's CIFAR-10 policy (Cubuk et al. 2019) as published: torchvision's own
 `v2.AutoAugment(AutoAugmentPolicy.CIFAR10)` run as one step of the albumentations pipeline.
 
-torchvision's implementation is the reference the seeds trained with: its 25 sub-policies, each
+torchvision's implementation is the reference the published runs trained with: its 25 sub-policies, each
 operation at the policy's fixed magnitude (a random sign for the signed ones), nearest
 interpolation and a black fill. An earlier version here rebuilt the operations from
 albumentations' ColorJitter/Sharpen/Affine and drew each magnitude uniformly up to the policy's;
-that is not the searched policy, and on ResNet-50 it learned slower (README, Recipe).
+that is not the searched policy, and on ResNet-50 it learned slower (docs/recipe.md).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ class AutoAugment(A.ImageOnlyTransform):
 
     def apply(self, img: np.ndarray, torch_seed: int = 0, **params) -> np.ndarray:
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(torch_seed)  # CPU only: 2 us, not 100+
-            out = self.policy(torch.from_numpy(img).permute(2, 0, 1).contiguous())  # CHW: 2x faster ops
+            torch.default_generator.manual_seed(torch_seed)  # CPU only: seeding every device costs far more
+            out = self.policy(torch.from_numpy(img).permute(2, 0, 1).contiguous())  # contiguous CHW: faster ops
         return np.ascontiguousarray(out.permute(1, 2, 0).numpy())
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:

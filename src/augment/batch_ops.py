@@ -1,7 +1,7 @@
 """The standard crop/flip/cutout on whole batches, on any device.
 
-Per-image albumentations costs 40 to 240 us an image (two CPUs measured), too slow
-to feed a GPU at 25,000+ img/s and, on a slow CPU, under 5,000 img/s per worker.
+Per-image albumentations makes Python calls per image and transform: too slow to feed a
+GPU, and on a slow CPU the limit of each DataLoader worker (docs/measurements.md).
 These tensor ops replace the pipeline's uint8 part for a whole batch: on the GPU
 (runtime.gpu_augment: the training set lives there, 150 MB as uint8) and in
 DataLoader workers otherwise. They are read from the saved pipeline, so the
@@ -40,7 +40,7 @@ class Draws:
     hole_y: torch.Tensor     # top-left corner of the hole (negative: clipped at the border)
     hole_x: torch.Tensor
 
-    def take(self, part: slice) -> "Draws":
+    def take(self, part: slice) -> Draws:
         """The draws of some of the images (one training process's share of a batch)."""
         return Draws(*(getattr(self, f.name)[part] for f in fields(self)))
 
@@ -55,7 +55,7 @@ class CropFlipCutout:
     clipped: bool = True     # ClippedCutout (centre anywhere); False: CoarseDropout (hole inside)
 
     @classmethod
-    def from_pipeline(cls, pipeline: A.Compose) -> "CropFlipCutout | None":
+    def from_pipeline(cls, pipeline: A.Compose) -> CropFlipCutout | None:
         """The equivalent batch op for a pipeline's uint8 part, or None if it has other steps
         (or these in another order, where the same draws would give another image)."""
         settings = {"padding": 0, "hflip_p": 0.0, "hole": 0, "cutout_p": 0.0, "fill": (0, 0, 0), "clipped": True}
@@ -115,8 +115,10 @@ class CropFlipCutout:
         out = images[batch, rows.clamp(0, size - 1)[:, :, None], cols.clamp(0, size - 1)[:, None, :]]
         out = out * inside[..., None]
         if self.hole > 0:
-            in_hole = (((ramp[None] >= draws.hole_y[:, None]) & (ramp[None] < draws.hole_y[:, None] + self.hole))[:, :, None]
-                       & ((ramp[None] >= draws.hole_x[:, None]) & (ramp[None] < draws.hole_x[:, None] + self.hole))[:, None, :]
+            in_hole = (((ramp[None] >= draws.hole_y[:, None])
+                        & (ramp[None] < draws.hole_y[:, None] + self.hole))[:, :, None]
+                       & ((ramp[None] >= draws.hole_x[:, None])
+                          & (ramp[None] < draws.hole_x[:, None] + self.hole))[:, None, :]
                        & draws.cutout[:, None, None])
             fill = torch.tensor(self.fill, dtype=images.dtype, device=images.device)
             out = torch.where(in_hole[..., None], fill, out)

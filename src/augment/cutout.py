@@ -1,4 +1,4 @@
-"""Cutout as DeVries & Taylor's code (and the seeds) ran it: one square hole whose centre is
+"""Cutout as DeVries & Taylor's code (and the reference runs) ran it: one square hole whose centre is
 uniform over the whole image, clipped at the border, so a hole near an edge covers fewer pixels.
 
 albumentations' CoarseDropout keeps the whole hole inside the image (always 16x16 = 256 pixels);

@@ -27,7 +27,7 @@ IMAGE_SIZE = 32
 def build_train(params: ModelAugment, mean: list[float], std: list[float],
                 autoaugment: float = 0.0) -> A.Compose:
     """crop, flip, AutoAugment with probability `autoaugment` (0: none), cutout, Normalize:
-    the order of the seeds (AutoAugment before cutout, as in DeVries & Taylor's and seed 001's)."""
+    the reference runs' order (AutoAugment before cutout, as in DeVries & Taylor's and the ResNet-50 reference)."""
     if params.crop == "pad":
         # A.Pad, not PadIfNeeded: albumentations 2.0.8 cannot load a saved PadIfNeeded.
         pad = [A.Pad(params.crop_padding, fill=0, border_mode=cv2.BORDER_CONSTANT)]
@@ -66,8 +66,8 @@ def augment_batch(pipeline: A.Compose, images: np.ndarray, seeds=None) -> np.nda
     if seeds is None:
         return np.stack([pipeline(image=image)["image"] for image in images])
     # Every transform draws from these two generators, re-seeded in place for each image:
-    # 14 us an image, where pipeline.set_random_seed (a new generator per transform) costs
-    # 1 ms with AutoAugment's 30-odd transforms, 6x the augmentation itself.
+    # pipeline.set_random_seed makes a new generator per transform (30-odd with AutoAugment),
+    # which costs more than the augmentation itself.
     numpy_rng, python_rng = np.random.default_rng(), random.Random()
     pipeline.set_random_state(numpy_rng, python_rng)
     out = []

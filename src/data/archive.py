@@ -22,10 +22,11 @@ import numpy as np
 from tqdm import tqdm
 
 from src.errors import UserError
+from src.params import CIFAR100_TEST_SIZE, CIFAR100_TRAIN_SIZE
 
 MEMBERS = {"train": "cifar-100-python/train", "test": "cifar-100-python/test",
            "meta": "cifar-100-python/meta"}
-SPLIT_SIZES = {"train": 50_000, "test": 10_000}
+SPLIT_SIZES = {"train": CIFAR100_TRAIN_SIZE, "test": CIFAR100_TEST_SIZE}
 NUM_FINE, NUM_COARSE = 100, 20
 CHUNK = 1 << 20  # bytes per read while streaming
 FIX_URL = ("Point data.url at a good copy of cifar-100-python.tar.gz (http(s)://, file:// or a "

@@ -4,7 +4,7 @@ The metrics (metrics/<model>.json, what `dvc metrics show` and `dvc exp show` li
 headline numbers compared across experiments, plain numbers only, so that a row of
 `dvc metrics show` stays under 200 characters. Everything else a model's evaluation finds
 (per-superclass accuracy, macro precision and recall, ...) is its detail
-(metrics/detail/<model>.json, in git, read by the report; not a DVC metric).
+(evaluation/detail/<model>.json, in git, read by the report; not a DVC metric).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-BOOTSTRAP_RESAMPLES = 10_000  # resamples of the test images (about 0.5 s each on 10,000 images)
+BOOTSTRAP_RESAMPLES = 10_000  # resamples of the test images; each one costs a pass over every image's outcome
 BOOTSTRAP_SEED = 0            # fixed: identical runs give identical intervals
 BOOTSTRAP_BATCH = 200         # resamples held in memory at once: 200 x 10,000 images, 16 MB
 CONFIDENCE = 0.95

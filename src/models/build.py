@@ -11,13 +11,11 @@ module under src/models/, imported here by name, so that only its own train stag
 from __future__ import annotations
 
 import importlib
-import re
 
 from torch import nn
 
 from src.models.resnet import CifarResNet
-
-MODULE_NAME = re.compile(r"[a-z_][a-z0-9_]*")  # a module under src/models/, never a path
+from src.params import MODULE_NAME  # a module under src/models/, never a path
 
 
 def build_model(architecture: dict, num_classes: int = 100, width: int = 64, zero_init_residual: bool = False,

@@ -57,8 +57,8 @@ class CifarResNet(ResNet):
 
     def _zero_init_residual(self) -> None:
         """Each block starts as the identity (Goyal et al. 2017). Off by default: none of the
-        seeds uses it, and on the genuine data it learned slower at a short budget (ResNet-18,
-        width 16, 2 epochs on 10,000 images: 8.4% against 10.8% top-1, issue 11)."""
+        reference runs uses it, and on the genuine data it learned slower at a short budget
+        (docs/recipe.md, Options)."""
         for module in self.modules():
             if isinstance(module, Bottleneck):
                 nn.init.zeros_(module.bn3.weight)

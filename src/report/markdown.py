@@ -1,12 +1,16 @@
-"""Markdown pieces of plots/report.md: tables that GitHub renders."""
+"""Markdown pieces of plots/report.md: tables that GitHub renders.
+
+The published results the recipe aims to beat are params.yaml's `reference`: never measured by this
+pipeline, so the report prints them apart from, and marked unlike, the measured ones.
+"""
 from __future__ import annotations
 
 import re
 
 import numpy as np
 
-# The published results the recipe aims to beat are params.yaml's `reference` (never measured by this
-# pipeline, so the report prints them apart from, and marked unlike, the measured ones).
+from src.params import CIFAR100_TEST_SIZE
+
 # The scale of the reference recipe (params.yaml's defaults): a run at another scale is a check that
 # the pipeline works, not a result to hold against the published numbers.
 REFERENCE_SCALE = {"model.width": 64, "data.train_limit": None, "data.test_limit": None, "data.val_size": 0}
@@ -68,7 +72,7 @@ def results_table(models: dict[str, dict], timing: dict[str, dict], references: 
 
 
 def _reference(published: dict, key: str) -> str:
-    """'*78.33 (seed 000, 100 epochs)*', or an empty cell for a model without that number."""
+    """'*78.33 (published ResNet-18 run, 100 epochs)*', or an empty cell for a model without that number."""
     if published.get(key) is None:
         return ""
     where = ", ".join(str(part) for part in (published.get("source"), published.get("epochs") and
@@ -132,8 +136,11 @@ def _interval(bounds: list[float], sign: str = "") -> str:
 
 
 def _p(value: float) -> str:
-    # The metrics files keep 4 decimals: a stored 0 means below 0.00005.
-    return "< 0.0001" if value < 0.0001 else f"{value:.4f}"
+    """'0.0123', and a p below 0.0001 as '1.8e-05' (the metrics files keep a p to 4 significant
+    digits, not decimals); '< 1e-300' for a p of 0, one below what a float holds."""
+    if value >= 0.0001:
+        return f"{value:.4f}"
+    return f"{value:.1e}" if value > 0 else "< 1e-300"
 
 
 def _pair(key: str) -> tuple[str, str]:
@@ -236,9 +243,9 @@ def document(metrics: dict[str, dict], timing: dict[str, dict], links: dict[str,
     relative to report.md; departures: how the run departs from the reference scale."""
     models = list(metrics)
     test_images = metrics[models[0]]["test_images"]
-    partial = ("" if test_images == 10_000 else
-               f"\n> **Only {test_images:,} of the 10,000 test images** (`data.test_limit`): these numbers "
-               "are not comparable with the reference results.\n")
+    partial = ("" if test_images == CIFAR100_TEST_SIZE else
+               f"\n> **Only {test_images:,} of the {CIFAR100_TEST_SIZE:,} test images** (`data.test_limit`): "
+               "these numbers are not comparable with the reference results.\n")
     confusion = "\n\n".join(f"![{m} confusion matrix]({links[f'confusion_{m}']})" for m in models)
     return f"""# CIFAR-100: {', '.join(title(m) for m in models)}
 
@@ -265,7 +272,7 @@ images for both models (paired). McNemar's exact test asks whether the images th
 gets right split more unevenly than a fair coin would; Holm's adjustment keeps the chance of calling any
 of the {len(comparisons)} gaps real by luck at {ALPHA:g} or less. With few such images (a small test split) the
 bootstrap interval is too narrow; trust the exact test. None of this covers another training seed:
-for that, train several (`python -m src.compare`, see the README).
+for that, train several (`python -m src.compare`, see docs/results.md).
 
 ## Training curves
 

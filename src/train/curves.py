@@ -4,8 +4,8 @@ Rank 0 reports for the whole job; the other processes of a distributed run stay 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from dvclive import Live
 

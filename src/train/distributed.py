@@ -19,15 +19,15 @@ import re
 import signal
 import sys
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
-from torch.distributed import _functional_collectives as collectives
 from torch import nn
+from torch.distributed import _functional_collectives as collectives
 from torch.nn.parallel import DistributedDataParallel
 
 from src.errors import UserError
@@ -102,7 +102,7 @@ def launch(nproc: int, module_args: list[str], what: str, after_a_kill: str = ""
     # the cores. Each gets an equal share instead (set for the children only).
     threads_set_by_user = "OMP_NUM_THREADS" in os.environ
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // nproc)))
-    # torch 2.11 (a lent GPU machine's) has no shutdown_timeout field; 2.12 and later take it.
+    # torch 2.11 (still on some GPU nodes) has no shutdown_timeout field; 2.12 and later take it.
     shutdown = ({"shutdown_timeout": SHUTDOWN_TIMEOUT_S}
                 if "shutdown_timeout" in {f.name for f in fields(LaunchConfig)} else {})
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
@@ -178,7 +178,7 @@ def wrap(model: nn.Module, processes: Processes, sync_batchnorm: bool) -> tuple[
             if type(module) is nn.BatchNorm2d:
                 module.__class__ = GlobalBatchNorm  # a subclass with the same state: only forward() differs
     # Identical BatchNorm buffers everywhere when synchronised: no need to broadcast them each step.
-    # torch >= 2.13 names this forward_sync_buffers; torch 2.11 (a lent GPU machine's) has only
+    # torch >= 2.13 names this forward_sync_buffers; torch 2.11 has only
     # broadcast_buffers, whose False also skips the buffers' broadcast at start-up: the same there
     # too, since every process builds the model from the same seed.
     buffers = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters

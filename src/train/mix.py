@@ -20,7 +20,7 @@ class BatchMix:
 
     @classmethod
     def build(cls, mixup_alpha: float, cutmix_alpha: float, cutmix_prob: float, num_classes: int,
-              memory_format: torch.memory_format = torch.contiguous_format) -> "BatchMix | None":
+              memory_format: torch.memory_format = torch.contiguous_format) -> BatchMix | None:
         choices = []  # (transform, probability of being chosen for a batch)
         if mixup_alpha > 0:
             choices.append((v2.MixUp(alpha=mixup_alpha, num_classes=num_classes),

@@ -88,7 +88,8 @@ def text(result: dict, objective: str) -> str:
         lines.append(f"best: {best['experiment']}, val top-1 {best['value']:.2f}%: {shown(best['params'])}")
     final = result.get("final")
     if final is not None:
-        scores = "; ".join(f"{model} {v['top1']:.2f}% ({v['top1_low']:.2f}-{v['top1_high']:.2f}), top-5 {v['top5']:.2f}%"
+        scores = "; ".join(f"{model} {v['top1']:.2f}% ({v['top1_low']:.2f}-{v['top1_high']:.2f}), "
+                           f"top-5 {v['top5']:.2f}%"
                            for model, v in final["test"].items() if v.get("top1") is not None)
         lines.append(f"final: {final['experiment']} (val_size 0), test top-1 {scores}")
     return "\n".join(lines)

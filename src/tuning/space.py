@@ -52,7 +52,7 @@ def load_space(path: str | Path, params_path: str | Path = "params.yaml") -> Spa
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{path} not found: write a SPACE.yaml (README \"Tuning\" has one)") from None
+        raise UserError(f"{path} not found: write a SPACE.yaml (docs/experiments.md, Tuning, has one)") from None
     except yaml.YAMLError as error:
         raise UserError(f"{where} is not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(raw, dict):

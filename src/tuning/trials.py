@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState

@@ -1,15 +1,16 @@
-"""The Python half of tests/gpu_check.sh and tests/gpu_accuracy.sh (not collected by pytest):
+"""The Python half of scripts/gpu_check.sh and scripts/gpu_accuracy.sh (not collected by pytest):
 the environment record, the `dvc repro` part, the one JSON summary of all parts, and the accuracy
-run on the genuine archive.
+run on the genuine archive. docs/gpu.md explains both scripts.
 
-    python tests/gpu_check.py environment --json FILE
-    python tests/gpu_check.py repro --work DIR --json FILE [--width 64 --epochs 4 ...]
-    python tests/gpu_check.py accuracy --work DIR --json FILE --archive TAR --budget-s N [--img-s N]
-    python tests/gpu_check.py summary --work DIR --out OUT --limit 540 --seconds N [--dry-run] [--print]
+    python scripts/gpu_check.py environment --json FILE
+    python scripts/gpu_check.py repro --work DIR --json FILE [--width 64 --epochs 4 ...]
+    python scripts/gpu_check.py accuracy --work DIR --json FILE --archive TAR --budget-s N [--img-s N]
+    python scripts/gpu_check.py summary --work DIR --out OUT --limit 540 --seconds N [--dry-run] [--print]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -22,16 +23,19 @@ import sys
 import time
 from pathlib import Path
 
-from project_copy import ROOT, copy_tracked_files, model_names, remove_models
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the suite's helpers: project copies, generated archives
+from helpers.project import copy_tracked_files, model_names, remove_models  # noqa: E402
+
 PARTS = ("setup", "tests", "resnet18", "resnet50", "distributed", "repro")
-# The H100 goals of README "The GPU path" (train img/s at batch 512, epoch / step).
+# The H100 goals of docs/gpu.md, "Check a GPU machine" (train img/s at batch 512, epoch / step).
 GOALS = {"resnet18": 25_000, "resnet50": 8_000}
 EPOCH_OVER_STEP_GOAL = 0.9
-# ResNet-18 on the full defaults (tests/gpu_accuracy.sh): 100 epochs of 50,000 images, a held-out
-# pass over the 10,000 test images after each, and what the call spends outside the epochs
+# ResNet-18 on the full defaults (scripts/gpu_accuracy.sh): 100 epochs of 50,000 images, a held-out
+# pass over the 10,000 test images after each, and what the run spends outside the epochs
 # (wheels, download and augment stages, compilation, evaluate): measured by the accuracy run.
 ACCURACY_EPOCHS, TRAIN_IMAGES, TEST_IMAGES, ACCURACY_OVERHEAD_S = 100, 50_000, 10_000, 90
-ACCURACY_CALL_S = 570       # what tests/gpu_accuracy.sh gives the run inside a 600 s device call
+ACCURACY_CALL_S = 570       # what scripts/gpu_accuracy.sh gives the run by default: a 10-minute job slot
 EVALUATE_RESERVE_S = 60     # kept back from training for the evaluate stage
 
 
@@ -93,9 +97,9 @@ def heldout_curve(project: Path, name: str) -> list[float]:
 def repro(args) -> int:
     """`dvc repro` of the whole pipeline in a git copy of the working tree, on a generated archive,
     with the CUDA defaults left on auto plus EMA and mixup; figures to args.json."""
-    sys.path.insert(0, str(ROOT / "tests"))
     import yaml
-    import cifar_archive as ca
+
+    from helpers import archive as ca
 
     work = Path(args.work)
     project = copy_working_tree(work)
@@ -160,7 +164,24 @@ def repro(args) -> int:
 
 # --------------------------------------------------------------------------- the accuracy run
 
-GENUINE_MD5 = "9c600102c9dd81479547f7fbb69f9571"  # the repack in ../shared/cifar100 (README there)
+# The archives whose files are the genuine CIFAR-100: the official tarball, and a repack of the same
+# three member files in another tarball (the parts the accuracy run can also be given).
+KNOWN_ARCHIVES = {"eb9058c3a382ffc7106e4002c42a8d85": "the official archive",
+                  "9c600102c9dd81479547f7fbb69f9571": "the repack of the genuine files"}
+
+
+def archive_md5(path: Path) -> str:
+    """The md5 of a genuine archive, or exit saying what the file is not."""
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    md5 = digest.hexdigest()
+    if md5 not in KNOWN_ARCHIVES:
+        sys.exit(f"ERROR: {path} has md5 {md5}, which is neither the official cifar-100-python.tar.gz "
+                 f"(eb9058c3...) nor the known repack (9c600102...): point CIFAR_ARCHIVE at the official file")
+    print(f"{path}: {KNOWN_ARCHIVES[md5]} (md5 {md5})", flush=True)
+    return md5
 
 
 def predicted_minutes(img_s: float, eval_img_s: float | None = None) -> dict:
@@ -186,8 +207,8 @@ def accuracy(args) -> int:
           f"(budget {args.budget_s / 60:.1f} min)", flush=True)
     project = copy_working_tree(Path(args.work))
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"].update(url=str(Path(args.archive).resolve()), md5=GENUINE_MD5)
-    figures["reference_top1"] = params["reference"]["resnet18"]["top1"]  # seed 000's 78.33
+    params["data"].update(url=str(Path(args.archive).resolve()), md5=archive_md5(Path(args.archive)))
+    figures["reference_top1"] = params["reference"]["resnet18"]["top1"]  # the ResNet-18 reference's 78.33
     keep_models(project, params, ["resnet18"])  # the evaluate stage then scores this model alone
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = stage_env()
@@ -271,7 +292,7 @@ def benchmark_figures(name: str, text: str) -> dict:
 
 
 def accuracy_prediction(resnet18: dict) -> dict | None:
-    """Minutes tests/gpu_accuracy.sh needs, from the measured ResNet-18 epoch and eval speeds."""
+    """Minutes scripts/gpu_accuracy.sh needs, from the measured ResNet-18 epoch and eval speeds."""
     if not resnet18.get("epoch_img_s") or not resnet18.get("eval_img_s"):
         return None
     return predicted_minutes(resnet18["epoch_img_s"], resnet18["eval_img_s"])
@@ -347,7 +368,8 @@ def main() -> int:
     acc = commands.add_parser("accuracy")
     acc.add_argument("--work", required=True)
     acc.add_argument("--json", required=True)
-    acc.add_argument("--archive", required=True, help="the genuine cifar-100-python.tar.gz (the repack)")
+    acc.add_argument("--archive", required=True,
+                     help="the genuine cifar-100-python.tar.gz (the official file or the known repack)")
     acc.add_argument("--img-s", type=float, default=25_000, help="ResNet-18 epoch img/s the benchmark measured")
     acc.add_argument("--budget-s", type=float, required=True, help="seconds from now the run must end within")
     summ = commands.add_parser("summary")

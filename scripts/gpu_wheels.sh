@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Fetch, here, the wheels a lent GPU machine lacks into .whl/ (gitignored), for tests/gpu_check.sh
-# and tests/gpu_accuracy.sh to install there (it reaches no package index).
+# Fetch, on a machine with a package index, the wheels an offline GPU node lacks into .whl/
+# (gitignored), for scripts/gpu_check.sh and scripts/gpu_accuracy.sh to install on the node
+# (scripts/gpu_env.sh). See docs/gpu.md, "An offline GPU node".
 #
-#     tests/gpu_wheels.sh            # about 25 MiB; the device call then carries .whl
+#     scripts/gpu_wheels.sh            # about 23 MiB; then copy .whl/ to the node with the repository
 #
-# The device's python3 is 3.12 on x86-64 with torch 2.11.0, torchvision 0.26.0, numpy, scipy,
-# scikit-learn, pandas, matplotlib, pyyaml, tqdm, opencv-python-headless, pytest, pytest-xdist,
-# rich, requests, aiohttp, networkx, ... (the device README's KINDS.md lists them). What the
-# pipeline and its tests need beyond that is dvc, dvclive, albumentations and pydantic, and
-# these of their dependencies, at the versions requirements.txt resolves to (`pip freeze` of
-# its venv). --no-deps: each one is named; a missing one fails at import on the device.
+# The node's python3 is taken to be CPython 3.12 on x86-64 with torch (2.11.0 and torchvision
+# 0.26.0 or later), numpy, scipy, scikit-learn, pandas, matplotlib, pyyaml, tqdm,
+# opencv-python-headless, pytest, pytest-xdist, rich, requests, aiohttp, networkx, ..., as a GPU
+# node image often has. What the pipeline and its tests need beyond that is dvc, dvclive,
+# albumentations and pydantic, and these of their dependencies, at the versions requirements.txt
+# resolves to (`pip freeze` of its venv). --no-deps: each one is named; a missing one fails at
+# import on the node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +35,7 @@ WHEELS=(
   orjson==3.13.0 platformdirs==4.14.9 pydot==4.0.1 pygtrie==2.6.2 shortuuid==1.0.13 shtab==1.13.0
   sqltrie==0.11.3 tomlkit==0.14.0 voluptuous==0.16.0 zc-lockfile==4.0
 )
-# omegaconf's parser runtime exists on PyPI only as a source archive: built here (pure Python).
+# omegaconf's parser runtime exists on PyPI only as a source archive: built on this machine (pure Python).
 SOURCE_ONLY=(antlr4-python3-runtime==4.9.3)
 
 PLATFORMS=()
@@ -50,6 +52,6 @@ count=$(ls .whl/*.whl | wc -l)
 expected=$(( ${#WHEELS[@]} + ${#SOURCE_ONLY[@]} ))
 [ "$count" -eq "$expected" ] || { echo "ERROR: .whl/ holds $count wheels, expected $expected" >&2; exit 1; }
 size_kib=$(du -sk .whl | cut -f1)
-# The device call carries the working tree and .whl within 64 MiB; 40 MiB leaves room for the rest.
+# About 23 MiB is expected; over 40 MiB means wheels were fetched that the node should not need.
 [ "$size_kib" -le $((40 * 1024)) ] || { echo "ERROR: .whl/ is $((size_kib / 1024)) MiB, over 40 MiB" >&2; exit 1; }
 echo "$count wheels, $((size_kib / 1024)) MiB in .whl/"

@@ -1,12 +1,12 @@
 """Load test of app.py: many gradio_client users at once, batched against unbatched, on loopback.
 
-    python tests/load_app.py                      # 32 clients x 20 requests, both modes, two rounds each
-    python tests/load_app.py --clients 8 --requests 5 --width 16 --json
+    python scripts/load_app.py                      # 32 clients x 20 requests, both modes, two rounds each
+    python scripts/load_app.py --clients 8 --requests 5 --width 16 --json
 
 Each mode starts its own server (`python app.py` in a temporary folder holding app.py, the src/
-modules it imports and untrained ResNet-18 weights at --width: speed only, as tests/benchmark.py
+modules it imports and untrained ResNet-18 weights at --width: speed only, as scripts/benchmark.py
 --classify): batched is the app's defaults, unbatched is `--concurrency 1 --max-batch-size 1`
-(one request at a time, a forward pass each: the app before issue 22). Every client sends
+(one request at a time, a forward pass each: the app's unbatched mode). Every client sends
 --requests requests in turn; 90% are good images (a 32x32 PNG, 640x480, 1920x1080 and 4000x3000
 JPEGs), 10% bad files (not an image, a truncated JPEG, one over the upload limit). Each upload
 carries a few unique trailing bytes, so every request decodes its own file, as real users' do.
@@ -15,9 +15,10 @@ Over-limit files go as a plain HTTP upload (gradio_client would refuse them befo
 It prints requests/s, p50/p95/p99 latency of the good requests, errors by kind, the server's
 peak RSS (VmHWM) and its RSS after each round, and where the server's CPU time went per request:
 decoding and forward passes (the server's own account at exit) and the rest (Gradio: upload,
-queue, events; HTTP), from the process's CPU time (/proc). It fails (exit 1) when a good request fails, a bad one does not get its message,
-the server is down after a round, or its RSS grows by more than --rss-growth-mb in the second
-round. Linux only (/proc for RSS). Run it on an otherwise idle machine: it measures speed.
+queue, events; HTTP), from the process's CPU time (/proc). It fails (exit 1) when a good request
+fails, a bad one does not get its message, the server is down after a round, or its RSS grows by
+more than --rss-growth-mb in the second round. Linux only (/proc for RSS). Run it on an otherwise
+idle machine: it measures speed.
 """
 from __future__ import annotations
 
@@ -179,10 +180,11 @@ def request(client: Client, url: str, path: Path, kind: str) -> tuple[str, str |
 def write_models_folder(folder: Path, width: int) -> Path:
     """app.py, the modules it imports and an untrained ResNet-18 at `width`: a folder app.py serves."""
     from src import model_file, space
+    from src.imports import imported_files
     from src.models.build import build_model
     from src.params import load_params
 
-    for path in [ROOT / "app.py", *space.imported_modules(ROOT, ROOT / "app.py")]:
+    for path in imported_files(ROOT / "app.py", ROOT):  # app.py and the project modules it imports
         space.copy(path, folder / path.relative_to(ROOT))
     architecture = load_params(ROOT / "params.yaml").recipe("resnet18").architecture()
     model_file.write(model_file.path_of("resnet18", folder), name="resnet18", architecture=architecture,
@@ -244,7 +246,7 @@ def measure(mode: str, folder: Path, plan: list[list[str]], files: dict[str, byt
     rounds, rss = [], []
     try:
         cpu_before = server.cpu_seconds()
-        for number in range(2):  # the second, identical round: does memory keep growing?
+        for _ in range(2):  # the second, identical round: does memory keep growing?
             rounds.append(run_round(server.url, plan, files, folder / "uploads"))
             if not server.up():
                 rounds[-1].failures.append("the server was down after the round")
@@ -300,7 +302,8 @@ def report(results: list[dict], config: dict, as_json: bool) -> None:
     by_mode = {result["mode"]: result for result in results}
     if "batched" in by_mode and "unbatched" in by_mode:
         config["batched_over_unbatched"] = round(
-            by_mode["batched"]["rounds"][-1]["requests_per_s"] / by_mode["unbatched"]["rounds"][-1]["requests_per_s"], 2)
+            by_mode["batched"]["rounds"][-1]["requests_per_s"]
+            / by_mode["unbatched"]["rounds"][-1]["requests_per_s"], 2)
     if as_json:
         print(json.dumps({"config": config, "results": results}, indent=2))
         return

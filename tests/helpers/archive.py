@@ -1,4 +1,4 @@
-"""Archives in the official CIFAR-100 python format, built for tests (not a test file).
+"""Archives in the official CIFAR-100 python format, built for the tests.
 
 The official `cifar-100-python.tar.gz` is a gzip tarball of three Python 2 pickles
 (protocol 2) written by cPickle. This module emits the same opcodes itself, so
@@ -26,11 +26,13 @@ import gzip
 import hashlib
 import io
 import pickle
+import shutil
 import struct
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -366,3 +368,45 @@ def md5sum(path: str | Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- the suite's archives
+
+ARCHIVE_NAME = "cifar-100-python.tar.gz"
+# The genuine files, where a checkout has them beside it (scripts and a few checks use them;
+# the suite never needs them).
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+GENUINE_PARTS = sorted((SHARED / "cifar100").glob(f"{ARCHIVE_NAME}.part*"))
+GENUINE_MD5 = "9c600102c9dd81479547f7fbb69f9571"  # those parts joined: a repack of the genuine files
+
+
+@dataclass
+class Archive:
+    """A generated archive: its path and md5, and the entries pickled into it."""
+    path: Path
+    md5: str
+    entries: dict  # {'train', 'test', 'meta'}
+    seconds: float  # time it took to generate and write
+
+    def expected(self, split: str) -> dict:
+        return expected_arrays(self.entries[split])
+
+
+def concatenate_genuine(dest: Path) -> Path:
+    """The genuine archive (from the parts in ../shared/cifar100) as one file at `dest`."""
+    with dest.open("wb") as out:
+        for part in GENUINE_PARTS:
+            with part.open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    return dest
+
+
+def assert_equal_arrays(actual: np.ndarray, expected: np.ndarray, what: str = "arrays") -> None:
+    """Same shape, dtype kind and values; fast on 150 MB (np.testing's version takes seconds)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    equal = actual == expected
+    if not equal.all():
+        wrong = np.argwhere(~equal)
+        raise AssertionError(f"{what}: {len(wrong)} elements differ, first at index "
+                             f"{tuple(wrong[0])}: {actual[tuple(wrong[0])]} != {expected[tuple(wrong[0])]}")

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import ARCHITECTURES, MODELS, Project, build_model, copy_working_tree, ok, train
+from helpers.commands import ok
+from helpers.models import ARCHITECTURES, MODELS, build_model
+from helpers.project import Project, copy_working_tree, train
 from src import model_file
 
 PARAMS = {"data.train_limit": 300, "data.test_limit": 60, "model.width": 2, "epochs": 1,

@@ -1,10 +1,10 @@
 """Scaling of the train stage's step over processes (DDP) at a fixed global batch, in one run.
 
-    python tests/benchmark_distributed.py --processes 1,2 --device cpu --width 16 --batch-size 128 --json
+    python scripts/benchmark_distributed.py --processes 1,2 --device cpu --width 16 --batch-size 128 --json
 
 On a machine with several GPUs, one process per GPU (cuda:<local_rank>, NCCL):
 
-    python tests/benchmark_distributed.py --processes 1,2,4,8 --device cuda --width 64 --batch-size 512 --steps 50
+    python scripts/benchmark_distributed.py --processes 1,2,4,8 --device cuda --width 64 --batch-size 512 --steps 50
 
 Not collected by pytest. Each round launches the stage's way (src/train/distributed.py: torch's
 elastic launcher, each process OMP_NUM_THREADS = cores // N) N processes of this script's
@@ -46,10 +46,11 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark import MEAN, STD, paired_ratio, report  # noqa: E402  (tests/ is this script's folder)
+from benchmark import MEAN, STD, paired_ratio, report  # noqa: E402  (scripts/ is this script's folder)
+
 from src.augment import pipelines  # noqa: E402
-from src.errors import run  # noqa: E402
 from src.data.normalize import Normalizer  # noqa: E402
+from src.errors import run  # noqa: E402
 from src.models.build import build_model  # noqa: E402
 from src.params import AugmentParams, RuntimeParams, TrainParams, load_params  # noqa: E402
 from src.runtime import available_cores, resolve  # noqa: E402

@@ -1,8 +1,8 @@
 """How fast the project learns on the genuine CIFAR-100, against a plain PyTorch loop of the same recipe.
 
-    python tests/convergence.py                          # every budget: 10k, 50k, r50-10k
-    python tests/convergence.py --budget 10k --seeds 0 1 2 --set model.dropout=0.2
-    python tests/convergence.py --budget r50-10k --skip-plain --set model.resnet50.autoaugment=0
+    python scripts/convergence.py                          # every budget: 10k, 50k, r50-10k
+    python scripts/convergence.py --budget 10k --seeds 0 1 2 --set model.dropout=0.2
+    python scripts/convergence.py --budget r50-10k --skip-plain --set model.resnet50.autoaugment=0
 
 Not collected by pytest. Needs the genuine archive: ../shared/cifar100/*.part* (joined and
 md5-checked here) or --archive PATH. For each budget and seed, in one run:
@@ -24,13 +24,12 @@ test split):
   r50-10k  ResNet-50 (Bottleneck, [3, 4, 6, 3]) width 16, 4 epochs, the first 10,000 training
            images, seeds 0 1 2. Project: `lr` 0.1 (the shared rate at batch 128) times
            params.yaml's model.resnet50.lr_scale, model.resnet50.epochs_scale 1, and otherwise
-           params.yaml's ResNet-50 recipe. Plain: seed 001's recipe, lr 0.05 (0.8 at batch 2048,
+           params.yaml's ResNet-50 recipe. Plain: the ResNet-50 reference's recipe, lr 0.05 (0.8 at batch 2048,
            scaled to 128), RandomResizedCrop(scale 0.8-1, ratio 0.9-1.1), flip, AutoAugment
            (CIFAR-10 policy) with p 0.7, Cutout 16 (p 0.5), MixUp 0.2 per batch
 The plain loop's Cutout is DeVries & Taylor's original at every budget (a centre anywhere in the
 image, the hole clipped at the border).
-Goals: project mean top-1 >= plain mean top-1 - 0.5 points at every budget (mean over seeds):
-issue 11 for ResNet-18 (10k, 50k), issue 18 for ResNet-50 (r50-10k).
+Goal: project mean top-1 >= plain mean top-1 - 0.5 points at every budget (mean over seeds).
 Time on 2 AVX2 CPU cores (both sides): 10k ~5 min a seed, 50k ~15 min, r50-10k ~29 min a seed:
 about 2 hours in all.
 """
@@ -38,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -59,9 +59,15 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.transforms import v2
 
-from cifar_archive import md5sum as md5  # tests/: the suite's archive helpers
-
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 SHARED_PARTS = sorted((ROOT.parent / "shared" / "cifar100").glob("cifar-100-python.tar.gz.part*"))
 GENUINE_MD5 = "9c600102c9dd81479547f7fbb69f9571"  # the repack in ../shared/cifar100 (see its README)
 
@@ -78,17 +84,17 @@ LABEL_SMOOTHING = 0.1    # cross-entropy
 CUTOUT_SIZE = 16         # pixels, side of the Cutout hole (DeVries & Taylor's `length`)
 CUTOUT_P = 0.5           # probability of a hole, per image
 EVAL_BATCH = 1000        # test images per forward pass
-GOAL_MARGIN = 0.5        # top-1 points: project mean >= plain mean - GOAL_MARGIN (issues 11, 18)
+GOAL_MARGIN = 0.5        # top-1 points: project mean >= plain mean - GOAL_MARGIN
 
-# ResNet-18 budgets "10k" and "50k" (issue 11): the project's recipe, mirrored by the plain loop
+# ResNet-18 budgets "10k" and "50k": the project's recipe, mirrored by the plain loop
 R18_EPOCHS = 2
 R18_LR = 0.1             # peak, both sides
 R18_CROP_PADDING = 4     # pixels of zero padding before the random 32x32 crop
 
-# ResNet-50 budget "r50-10k" (issue 18): the plain side is seed 001's recipe
+# ResNet-50 budget "r50-10k": the plain side is the ResNet-50 reference's recipe
 R50_EPOCHS = 4
 R50_PROJECT_LR = 0.1     # the shared `lr` at batch 128; params.yaml's model.resnet50.lr_scale multiplies it
-R50_PLAIN_LR = 0.8 * BATCH_SIZE / 2048  # seed 001: 0.8 at batch 2048, linearly scaled: 0.05 at 128
+R50_PLAIN_LR = 0.8 * BATCH_SIZE / 2048  # the reference: 0.8 at batch 2048, linearly scaled: 0.05 at 128
 R50_CROP_SCALE = (0.8, 1.0)  # area fraction range of RandomResizedCrop (to 32x32)
 R50_CROP_RATIO = (0.9, 1.1)  # aspect ratio range of RandomResizedCrop
 R50_AUTOAUGMENT_P = 0.7  # probability of AutoAugment's CIFAR-10 policy, per image
@@ -233,12 +239,12 @@ class ProjectCopy:
             from src.params import RuntimeParams
             from src.predict import predict_logits
             from src.runtime import resolve
-            try:  # the project's own reader and accuracy (since issue 20)
+            try:  # the project's own reader and accuracy
                 from src.accuracy import percent, topk_correct
                 from src.model_file import read as load_model_file
                 from src.predict import build_trained
                 topk_accuracy = lambda logits, labels, k: percent(topk_correct(logits, labels, k))  # noqa: E731
-            except ImportError:  # a checkout from before issue 20
+            except ImportError:  # an older checkout, before src/accuracy.py
                 from src.evaluate.metrics import topk_accuracy
                 from src.evaluate.model import build_trained
                 from src.train.checkpoint import load_model_file
@@ -462,7 +468,8 @@ def main() -> None:
                              "a new last key is allowed under an existing mapping")
     parser.add_argument("--skip-plain", action="store_true", help="only the project's side")
     parser.add_argument("--archive", help="the genuine cifar-100-python.tar.gz (default: ../shared parts)")
-    parser.add_argument("--archive-md5", default=GENUINE_MD5)
+    parser.add_argument("--archive-md5", default=None,
+                        help="md5 of --archive (default: params.yaml's data.md5, the official archive's)")
     parser.add_argument("--scratch", default=str(Path(tempfile.gettempdir()) / "cifar-convergence"))
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
@@ -471,6 +478,9 @@ def main() -> None:
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     archive = genuine_archive(args.archive, scratch)
+    if args.archive_md5 is None:
+        args.archive_md5 = (yaml.safe_load((ROOT / "params.yaml").read_text())["data"]["md5"] if args.archive
+                            else GENUINE_MD5)
     cifar_root = torchvision_root(archive, scratch)
     project = ProjectCopy(scratch / "project", archive, args.archive_md5)
     overrides = parse_overrides(args.overrides)

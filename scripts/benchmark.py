@@ -1,6 +1,6 @@
 """Speed and memory of the training and evaluation paths against bare PyTorch, in one run.
 
-    python tests/benchmark.py --device cpu --model resnet18 --width 16 --batch-size 128 --json
+    python scripts/benchmark.py --device cpu --model resnet18 --width 16 --batch-size 128 --json
 
 Not collected by pytest. Every speed is the best of `--repeats` timed calls after a warm-up,
 and the project's paths take turns with a minimal PyTorch loop on the same model config;
@@ -24,7 +24,7 @@ machine:
   checkpoint_blocks_ms     what the stage's background saver makes the epoch wait instead
   peak_rss_mb, peak_gpu_mb peak memory of this process (and the GPU)
 
-    python tests/benchmark.py --classify --device cpu --width 64 --json
+    python scripts/benchmark.py --classify --device cpu --width 64 --json
 
 With --classify it measures inference on image files instead, for each model (untrained
 weights at --width: speed only), as the median of --classify-runs warm calls, in ms:
@@ -58,11 +58,11 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.augment import pipelines  # noqa: E402
+from src.data.normalize import Normalizer  # noqa: E402
 from src.models.build import build_model  # noqa: E402
 from src.params import AugmentParams, RuntimeParams, TrainParams, load_params  # noqa: E402
 from src.predict import predict_logits  # noqa: E402
 from src.runtime import channels_last_is_fast, resolve  # noqa: E402
-from src.data.normalize import Normalizer  # noqa: E402
 from src.train import checkpoint  # noqa: E402
 from src.train.data import LoaderBatches, make_batches  # noqa: E402
 from src.train.loop import StepRecipe, train_epoch  # noqa: E402
@@ -220,7 +220,7 @@ def main() -> None:
     rounds["bare_step_img_s"] = [max(rates) for rates in zip(*(rounds[key] for key in bare_runs))]
 
     # Per worker process: the default pipeline (the batch op), the same through albumentations
-    # image by image, and ResNet-50's (seed 001: RandomResizedCrop, flip, AutoAugment on 70%,
+    # image by image, and ResNet-50's (its reference's: RandomResizedCrop, flip, AutoAugment on 70%,
     # Cutout), which always runs in workers (runtime.workers of them must outpace the GPU).
     defaults = load_params(Path(__file__).resolve().parents[1] / "params.yaml")  # the models are its blocks
     autoaugment = pipelines.split_normalize(pipelines.build_train(
@@ -321,8 +321,10 @@ def classify_latency(device: str, width: int, runs: int) -> dict:
             model = classifier.load_classifier(path, runtime)
             pixels = images.load_image(png)
             for key, image in (("png32", png), ("jpeg640", jpeg)):
-                figures[f"{name}_{key}_ms"] = median_ms(lambda: model.top(images.load_image(image), 5), runs)
-            figures[f"{name}_forward_ms"] = median_ms(lambda: model.probabilities(pixels[None]), runs)
+                figures[f"{name}_{key}_ms"] = median_ms(
+                    lambda model=model, image=image: model.top(images.load_image(image), 5), runs)
+            figures[f"{name}_forward_ms"] = median_ms(
+                lambda model=model, pixels=pixels: model.probabilities(pixels[None]), runs)
         # The app in this process, on a loopback port; its models are the files just written.
         demo = app.build(root, root)
         _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
@@ -330,7 +332,7 @@ def classify_latency(device: str, width: int, runs: int) -> dict:
             client = Client(url, verbose=False)
             for name in MODELS:
                 figures[f"{name}_app_ms"] = median_ms(
-                    lambda: client.predict(handle_file(str(png)), name, api_name="/classify"), runs)
+                    lambda name=name: client.predict(handle_file(str(png)), name, api_name="/classify"), runs)
         finally:
             demo.close()
     figures["config"] = {"device": runtime.describe(), "width": width, "runs": runs,

@@ -1,7 +1,7 @@
 """What `python -m src.sweep` costs over queueing the same trials by hand: the wall time of the
 driver over that of `dvc exp run --queue` x N + `dvc queue start -j J` + waiting, in one run.
 
-    python tests/benchmark_sweep.py [--trials 4] [--jobs 1]
+    python scripts/benchmark_sweep.py [--trials 4] [--jobs 1]
 
 Tiny trials (the one-model pipeline of tests/test_sweep.py: ResNet-18 at width 8, 1,800 training
 images, 3 epochs, about half a minute each on two CPU cores), so that the driver's own work
@@ -19,12 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # src/, and the suite's helpers
 
-import cifar_archive as ca  # noqa: E402
-from conftest import copy_working_tree, keep_models, ok  # noqa: E402
-from test_sweep import LEARNS, VAL_SIZE  # noqa: E402
+from helpers import archive as ca  # noqa: E402
+from helpers.commands import ok  # noqa: E402
+from helpers.project import copy_working_tree, keep_models  # noqa: E402
+from helpers.sweep import LEARNS, VAL_SIZE  # noqa: E402
 
 LRS = [0.03, 0.05, 0.08, 0.13, 0.2, 0.3, 0.45, 0.7]
 

@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
-# The first contact with a lent GPU: one command that gives the figures no GPU has given yet,
-# within 9 minutes on an H100/H200, each part under its own time box so that a hang in one keeps
-# the others' figures. Writes $OUT/summary.json (after every part) and one log per part:
+# Check a GPU machine: one command that runs what has never run on a GPU and measures it, within
+# about 9 minutes on an H100/H200 (a 10-minute job slot), each part under its own time box so that
+# a hang in one keeps the others' figures. Writes $OUT/summary.json (after every part) and one log
+# per part. docs/gpu.md explains the parts and the summary.
 #
-#   setup      install .whl/ (tests/gpu_wheels.sh) over the device's python3; versions, GPUs
+#   setup      install .whl/ (scripts/gpu_wheels.sh) over the machine's python3 where it lacks
+#              packages; versions, GPUs
 #   tests      the test files that take the CUDA paths (train, evaluate, recipe options, the
-#              GPU-path test), on the tests' own generated archive (no data carried)
+#              GPU-path test), on the tests' own generated archive (no dataset needed)
 #   resnet18, resnet50
-#              tests/benchmark.py at width 64, batch 512: train step against the bare loop,
+#              scripts/benchmark.py at width 64, batch 512: train step against the bare loop,
 #              epoch / step, eval; bf16, channels_last, torch.compile, on-GPU augmentation
 #   distributed
-#              tests/benchmark_distributed.py over 1..N processes, where N > 1 GPUs are visible
+#              scripts/benchmark_distributed.py over 1..N processes, where N > 1 GPUs are visible
 #   repro      `dvc repro` of the whole pipeline at width 64 on a generated archive with the CUDA
 #              defaults (compile, on-GPU augmentation) and EMA and mixup on; checks that it
 #              finishes and that each model's held-out top-1 rises from the first epoch to the last
 #
-# On the device (a device-tool call; OUT is set there):
-#     run(command="tests/gpu_check.sh", carry=[".whl"], timeout_s=600)
-# Here, on CPU, every part at a tiny size (width 8, 1 epoch) in a few minutes:
-#     OUT=/tmp/gpu-check tests/gpu_check.sh --dry-run
+# On the GPU machine, in a shell or a batch job:
+#     OUT=$PWD/gpu-check scripts/gpu_check.sh
+#     OUT=$PWD/gpu-check-2 scripts/gpu_check.sh --parts tests,repro    # rerun the parts that failed
+# On any machine, on CPU, every part at a tiny size (width 8, 1 epoch) in a few minutes:
+#     OUT=/tmp/gpu-check scripts/gpu_check.sh --dry-run
 #
+# Environment: OUT (required), GPU_CHECK_LIMIT_S (the whole run's bound, 540 s), PYTHON and
+# GPU_VENV (scripts/gpu_env.sh).
 # Exit status: 0 when every part that ran passed, 1 otherwise; the summary says which.
 set -u
 cd "$(dirname "$0")/.."
@@ -30,19 +35,19 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;
     --parts) PARTS=${2:?--parts needs a comma-separated list}; shift ;;  # e.g. to rerun what failed
-    *) echo "usage: tests/gpu_check.sh [--dry-run] [--parts tests,resnet18,resnet50,distributed,repro]" \
+    *) echo "usage: scripts/gpu_check.sh [--dry-run] [--parts tests,resnet18,resnet50,distributed,repro]" \
             "(OUT=folder for summary.json and the logs)" >&2; exit 2 ;;
   esac
   shift
 done
-: "${OUT:?set OUT to the folder for summary.json and the logs (the device tool sets it)}"
+: "${OUT:?set OUT to the folder for summary.json and the logs, e.g. OUT=\$PWD/gpu-check}"
 mkdir -p "$OUT"
-WORK=$(mktemp -d)  # scratch: part records, the repro's project copy; only OUT comes back
+WORK=$(mktemp -d)  # scratch: part records, the repro's project copy; only OUT is kept
 trap 'rm -rf "$WORK"' EXIT
 export PYTHONUNBUFFERED=1 DVC_NO_ANALYTICS=1 NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 START=$(date +%s)
-LIMIT=${GPU_CHECK_LIMIT_S:-540}  # 9 minutes: the device allows 10 a command
-. tests/gpu_env.sh
+LIMIT=${GPU_CHECK_LIMIT_S:-540}  # 9 minutes: the whole run fits a 10-minute job slot
+. scripts/gpu_env.sh
 
 # part NAME BOX COMMAND...: run COMMAND with stdout and stderr in $OUT/NAME.log, under
 # min(BOX, what is left of LIMIT) seconds; record status and wall time; rewrite the summary.
@@ -67,14 +72,14 @@ part() {
   summary
 }
 skip() { printf '%s\tskipped\t0\t0\t%s\n' "$1" "$2" >> "$WORK/parts.tsv"; summary; }
-summary() { "$PY" tests/gpu_check.py summary --work "$WORK" --out "$OUT" --limit "$LIMIT" \
+summary() { "$PY" scripts/gpu_check.py summary --work "$WORK" --out "$OUT" --limit "$LIMIT" \
             --seconds $(( $(date +%s) - START )) $( ((DRY_RUN)) && echo --dry-run ); }
 
 setup() {
   gpu_env || return 1
   echo "$PY" > "$WORK/python"
   gpu_git || return 1
-  "$PY" tests/gpu_check.py environment --json "$WORK/environment.json"
+  "$PY" scripts/gpu_check.py environment --json "$WORK/environment.json"
 }
 
 echo "== setup"
@@ -86,7 +91,7 @@ printf 'setup\t%s\t%s\t%s\texit status %s\n' "$([ $rc = 0 ] && echo ok || echo f
   "$LIMIT" "$rc" >> "$WORK/parts.tsv"
 if [ $rc != 0 ]; then
   cat "$OUT/setup.log"
-  "$PY" tests/gpu_check.py summary --work "$WORK" --out "$OUT" --limit "$LIMIT" --seconds $((SECONDS - t0)) \
+  "$PY" scripts/gpu_check.py summary --work "$WORK" --out "$OUT" --limit "$LIMIT" --seconds $((SECONDS - t0)) \
     $( ((DRY_RUN)) && echo --dry-run )
   exit 1
 fi
@@ -103,8 +108,8 @@ if ((DRY_RUN)); then  # the same parts at a tiny size on CPU
   BOX_TESTS=90 BOX_BENCH=90 BOX_DIST=90 BOX_REPRO=150
 else
   DEVICE=cuda; WIDTH=64
-  # Compile, bf16 and the on-GPU paths: the stage tests leave runtime.* on auto.
-  TESTS=(tests/test_train.py tests/test_evaluate.py tests/test_recipe_options.py tests/test_batch_augment.py)
+  # Compile, bf16 and the on-GPU paths: the tests marked `gpu` leave runtime.* on auto.
+  TESTS=(-m gpu)
   # One epoch of 25,600 images (50 steps); the CPU loader pipelines on 5,120 images; the bare loop
   # in the project's layout only (the NCHW copy would cost a second compilation).
   BENCH=(--device cuda --batch-size 512 --steps 10 --repeats 3 --epoch-images 25600 --loader-images 5120
@@ -124,14 +129,14 @@ if [ "$DEVICE" = cuda ] && [ "$GPUS" -lt 1 ]; then
 fi
 
 part tests "$BOX_TESTS" "$PY" -m pytest -p no:cacheprovider -q -rfEs "${TESTS[@]}"
-part resnet18 "$BOX_BENCH" "$PY" tests/benchmark.py --model resnet18 --width "$WIDTH" "${BENCH[@]}" --json
-part resnet50 "$((BOX_BENCH + 20))" "$PY" tests/benchmark.py --model resnet50 --width "$WIDTH" "${BENCH[@]}" --json
+part resnet18 "$BOX_BENCH" "$PY" scripts/benchmark.py --model resnet18 --width "$WIDTH" "${BENCH[@]}" --json
+part resnet50 "$((BOX_BENCH + 20))" "$PY" scripts/benchmark.py --model resnet50 --width "$WIDTH" "${BENCH[@]}" --json
 if [ "$DEVICE" = cpu ] || [ "$GPUS" -gt 1 ] || [[ ",$PARTS," != *",distributed,"* ]]; then
-  part distributed "$BOX_DIST" "$PY" tests/benchmark_distributed.py --width "$WIDTH" "${DIST[@]}" --json
+  part distributed "$BOX_DIST" "$PY" scripts/benchmark_distributed.py --width "$WIDTH" "${DIST[@]}" --json
 else
   skip distributed "one GPU visible: nothing to scale over"
 fi
-part repro "$BOX_REPRO" "$PY" tests/gpu_check.py repro --work "$WORK/repro" --json "$WORK/repro.json" "${REPRO[@]}"
+part repro "$BOX_REPRO" "$PY" scripts/gpu_check.py repro --work "$WORK/repro" --json "$WORK/repro.json" "${REPRO[@]}"
 
-"$PY" tests/gpu_check.py summary --work "$WORK" --out "$OUT" --limit "$LIMIT" --seconds $(( $(date +%s) - START )) \
+"$PY" scripts/gpu_check.py summary --work "$WORK" --out "$OUT" --limit "$LIMIT" --seconds $(( $(date +%s) - START )) \
   $( ((DRY_RUN)) && echo --dry-run ) --print

@@ -1,0 +1,1 @@
+"""Helpers that test modules import (tests/ is on pytest's pythonpath): no tests here."""
