@@ -108,13 +108,15 @@ class PlainRecipe:
     images: int                # the first N training images
     epochs: int
     lr: float                  # peak, at BATCH_SIZE
-    augment: str               # "crop": pad + random crop, flip, Cutout | "seed001": see plain_augment
+    augment: str               # "crop": pad + random crop, flip, Cutout | "r50-reference": see plain_augment
     mixup_alpha: float = 0.0   # per-batch MixUp; 0: off (hard labels)
+    pad_fill: str = "black"    # the pad-4 crop's padding: black (0), mean (the mean colour) or reflect
     warmup_epochs: float = WARMUP_EPOCHS
     width: int = WIDTH
 
     def describe(self) -> str:
-        augment = (f"pad-{R18_CROP_PADDING} crop, flip, Cutout {CUTOUT_SIZE} p {CUTOUT_P}" if self.augment == "crop"
+        augment = (f"pad-{R18_CROP_PADDING} crop ({self.pad_fill}), flip, Cutout {CUTOUT_SIZE} p {CUTOUT_P}"
+                   if self.augment == "crop"
                    else f"RandomResizedCrop(scale {R50_CROP_SCALE}, ratio {R50_CROP_RATIO}), flip, "
                         f"AutoAugment CIFAR-10 p {R50_AUTOAUGMENT_P}, Cutout {CUTOUT_SIZE} p {CUTOUT_P}")
         mix = f", MixUp {self.mixup_alpha}" if self.mixup_alpha else ""
@@ -132,7 +134,6 @@ class Budget:
     all_seeds: bool            # every --seeds (else the first only)
     project: dict              # params.yaml key paths -> values, besides seed and data.url/md5
     plain: PlainRecipe
-    issue: int
 
     def seeds(self, seeds: list[int]) -> list[int]:
         return seeds if self.all_seeds else seeds[:1]
@@ -146,15 +147,14 @@ def r18_project(images: int) -> dict:
 
 BUDGETS = {budget.name: budget for budget in (
     Budget("10k", "resnet18", "ResNet-18", 10_000, True, r18_project(10_000),
-           PlainRecipe("resnet18", 10_000, R18_EPOCHS, R18_LR, "crop"), issue=11),
+           PlainRecipe("resnet18", 10_000, R18_EPOCHS, R18_LR, "crop")),
     Budget("50k", "resnet18", "ResNet-18", TRAIN_IMAGES, False, r18_project(TRAIN_IMAGES),
-           PlainRecipe("resnet18", TRAIN_IMAGES, R18_EPOCHS, R18_LR, "crop"), issue=11),
+           PlainRecipe("resnet18", TRAIN_IMAGES, R18_EPOCHS, R18_LR, "crop")),
     Budget("r50-10k", "resnet50", "ResNet-50", 10_000, True,
            {"lr": R50_PROJECT_LR, "epochs": R50_EPOCHS, "batch_size": BATCH_SIZE,
             "data.train_limit": 10_000, "data.val_size": 0, "model.width": WIDTH,
             "model.resnet50.epochs_scale": 1, "train.warmup_epochs": WARMUP_EPOCHS},
-           PlainRecipe("resnet50", 10_000, R50_EPOCHS, R50_PLAIN_LR, "seed001", mixup_alpha=R50_MIXUP_ALPHA),
-           issue=18),
+           PlainRecipe("resnet50", 10_000, R50_EPOCHS, R50_PLAIN_LR, "r50-reference", mixup_alpha=R50_MIXUP_ALPHA)),
 )}
 
 
@@ -359,8 +359,10 @@ def plain_resnet50(width: int, classes: int = CLASSES) -> nn.Module:
 def plain_augment(recipe: PlainRecipe, mean: list[float], std: list[float]) -> v2.Compose:
     """The per-image training transform, from a uint8 CHW tensor to a normalised float one."""
     if recipe.augment == "crop":
-        geometry = [v2.RandomCrop(32, padding=R18_CROP_PADDING), v2.RandomHorizontalFlip()]
-    elif recipe.augment == "seed001":
+        fill = {"black": {}, "reflect": {"padding_mode": "reflect"},
+                "mean": {"fill": tuple(round(m * 255) for m in mean)}}[recipe.pad_fill]
+        geometry = [v2.RandomCrop(32, padding=R18_CROP_PADDING, **fill), v2.RandomHorizontalFlip()]
+    elif recipe.augment == "r50-reference":
         geometry = [v2.RandomResizedCrop(32, scale=R50_CROP_SCALE, ratio=R50_CROP_RATIO),
                     v2.RandomHorizontalFlip(),
                     v2.RandomApply([v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)], p=R50_AUTOAUGMENT_P)]
@@ -448,7 +450,7 @@ def describe(budget: Budget, seeds: list[int], project: ProjectCopy, overrides: 
     lr, lr_scale = params["lr"], get_param(params, f"{recipe}.lr_scale", 1.0)
     epochs, epochs_scale = params["epochs"], get_param(params, f"{recipe}.epochs_scale", 1.0)
     limit = get_param(params, "data.train_limit")
-    return (f"== {budget.name} (issue {budget.issue}): {budget.title} width {get_param(params, 'model.width')}, "
+    return (f"== {budget.name}: {budget.title} width {get_param(params, 'model.width')}, "
             f"first {budget.images:,} training images, batch {params['batch_size']}, seeds {seeds}\n"
             f"   project: stages.train --model {budget.model}, lr {lr:g} x {recipe}.lr_scale {lr_scale:g} "
             f"= {lr * lr_scale:g}, {epochs} x epochs_scale {epochs_scale:g} epochs, warmup "
@@ -512,7 +514,7 @@ def main() -> None:
         means = {key: mean_of(rows, key) for key in rows[0] if key != "seed"}
         if "top1_diff" in means:
             means["goal_met"] = means["top1_diff"] >= -GOAL_MARGIN
-        results[name] = {"model": budget.model, "issue": budget.issue, "recipe": header,
+        results[name] = {"model": budget.model, "recipe": header,
                          "project_settings": budget.project, "plain_recipe": dataclasses.asdict(budget.plain),
                          "seeds": rows, "mean": means}
         print(f"{name} {budget.model} mean over seeds {budget_seeds}: "
@@ -524,7 +526,7 @@ def main() -> None:
     for name, result in results.items():
         m = result["mean"]
         plain = (f"{m['plain_top1']:.2f} | {m['plain_top5']:.2f} | {m['top1_diff']:+.2f} "
-                 f"| {'met' if m['goal_met'] else 'missed'} (issue {result['issue']})"
+                 f"| {'met' if m['goal_met'] else 'missed'}"
                  if "plain_top1" in m else "- | - | - | -")
         print(f"| {name} | {BUDGETS[name].title} | {len(result['seeds'])} | {m['project_top1']:.2f} "
               f"| {m['project_top5']:.2f} | {plain} | {m['project_top1_tta']:.2f} |")

@@ -50,7 +50,9 @@ def albumentations_reference(pipeline, image, draws, i, padding, hole):
 
 @pytest.mark.parametrize("augment", [{}, {"crop_padding": 0}, {"crop_padding": 2, "cutout_size": 8},
                                      {"cutout_size": 0, "hflip_p": 1.0}, {"cutout_inside": True},
-                                     {"cutout_size": 7, "cutout_p": 1.0}])
+                                     {"cutout_size": 7, "cutout_p": 1.0}, {"crop_fill": "black"},
+                                     {"crop_fill": "mean"}, {"crop_fill": "reflect"},
+                                     {"crop_fill": "reflect", "crop_padding": 12, "hflip_p": 1.0}])
 def test_batch_op_equals_albumentations_for_the_same_draws(augment):
     pipeline = uint8_part(**augment)
     op = CropFlipCutout.from_pipeline(pipeline)
@@ -63,6 +65,9 @@ def test_batch_op_equals_albumentations_for_the_same_draws(augment):
         np.testing.assert_array_equal(out[i], expected, err_msg=f"image {i}")
     if op.hole:  # the cutout fill is the mean colour, which Normalize maps to about 0
         assert op.fill == tuple(round(m * 255) for m in MEAN)
+    fill = augment.get("crop_fill", "black")  # and the crop's padding is what augment.crop_fill says
+    assert op.pad_reflect == (fill == "reflect")
+    assert op.pad_fill == (tuple(round(m * 255) for m in MEAN) if fill == "mean" else (0, 0, 0))
 
 
 def test_draws_follow_the_params():

@@ -19,7 +19,7 @@ MIN_PAGES = 5
 BUILD_WORDS = re.compile("|".join([
     r"\bissues?\s+#?\d+",
     r"\blent\b", r"\blends?\b", r"\blending\b",
-    r"\bseeds?\s+00\d\b",
+    r"\bseeds?\s?00\d\b",
     r"\bdevice (?:tool|call)s?\b",
     r"\bdevelopment machine\b",
     r"\bthis (?:session|task)\b",

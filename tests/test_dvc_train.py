@@ -40,6 +40,8 @@ def test_a_clean_repro_leaves_nothing_to_do(repo):
     ({"model.resnet50.augment": {"crop": "pad"}}, {"train-resnet50"}),
     ({"model.resnet50.autoaugment": 0.0}, {"train-resnet50"}),
     ({"model.resnet18.augment": {"cutout_inside": True}}, {"train-resnet18"}),
+    ({"augment.crop_fill": "reflect"}, {"augment"} | TRAIN_STAGES),
+    ({"model.resnet34.augment": {"crop_fill": "mean"}}, {"train-resnet34"}),
     ({"model.width": 3}, TRAIN_STAGES),
     ({"model.dropout": 0.2}, TRAIN_STAGES),
     ({"model.zero_init_residual": True}, TRAIN_STAGES),

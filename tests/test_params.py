@@ -26,6 +26,7 @@ BAD_INPUTS = [  # (key, value, words the one-line message must contain)
     ("data.url", "ftp://mirror.example/cifar.tgz", "http://, https:// or file://"),
     ("data.md5", "abc123", "32 hexadecimal digits"),
     ("augment.crop", "random", "'pad' or 'resized'"),
+    ("augment.crop_fill", "zero", "'black', 'mean' or 'reflect'"),
     ("augment.cutout_p", 1.5, "less than or equal to 1"),
     ("augment.resized_scale", [0.9, 0.2], "0 < low <= high <= 1"),
     ("model.resnet50.autoaugment", "yes", "valid number"),

@@ -7,7 +7,8 @@ These tensor ops replace the pipeline's uint8 part for a whole batch: on the GPU
 DataLoader workers otherwise. They are read from the saved pipeline, so the
 augment stage's JSON stays the single definition, and they give albumentations'
 exact image for the same random draws (tests/test_batch_augment.py):
-  Pad(p) + RandomCrop(32): top-left corner uniform in [0, 2p]^2 of the padded image
+  Pad(p) + RandomCrop(32): top-left corner uniform in [0, 2p]^2 of the padded image, padded
+    with a constant colour or reflected at the border (augment.crop_fill)
   HorizontalFlip(p)
   ClippedCutout, one hole of side s: centre uniform in [0, 32)^2, top-left = centre - s // 2,
     clipped at the border (DeVries & Taylor's Cutout), filled with `fill`
@@ -53,12 +54,15 @@ class CropFlipCutout:
     cutout_p: float
     fill: tuple[int, int, int]
     clipped: bool = True     # ClippedCutout (centre anywhere); False: CoarseDropout (hole inside)
+    pad_fill: tuple[int, int, int] = (0, 0, 0)  # the padding's colour
+    pad_reflect: bool = False  # the padding mirrors the image instead (cv2's BORDER_REFLECT_101)
 
     @classmethod
     def from_pipeline(cls, pipeline: A.Compose) -> CropFlipCutout | None:
         """The equivalent batch op for a pipeline's uint8 part, or None if it has other steps
         (or these in another order, where the same draws would give another image)."""
-        settings = {"padding": 0, "hflip_p": 0.0, "hole": 0, "cutout_p": 0.0, "fill": (0, 0, 0), "clipped": True}
+        settings = {"padding": 0, "hflip_p": 0.0, "hole": 0, "cutout_p": 0.0, "fill": (0, 0, 0), "clipped": True,
+                    "pad_fill": (0, 0, 0), "pad_reflect": False}
         done, cropped = -1, False
         for t in pipeline.transforms:
             step = next((i for i, kinds in enumerate(ORDER) if type(t) in kinds), None)
@@ -66,9 +70,11 @@ class CropFlipCutout:
                 return None
             done = step
             if isinstance(t, A.Pad):
-                if not (t.fill == 0 and t.border_mode == cv2.BORDER_CONSTANT and isinstance(t.padding, int)):
+                if not (isinstance(t.padding, int) and t.padding < 32
+                        and t.border_mode in (cv2.BORDER_CONSTANT, cv2.BORDER_REFLECT_101)):
                     return None
-                settings["padding"] = t.padding
+                settings.update(padding=t.padding, pad_reflect=t.border_mode == cv2.BORDER_REFLECT_101,
+                                pad_fill=tuple(int(v) for v in np.broadcast_to(t.fill, 3)))
             elif isinstance(t, A.RandomCrop):
                 if (t.height, t.width) != (32, 32):
                     return None
@@ -105,15 +111,18 @@ class CropFlipCutout:
         """uint8 (N, 32, 32, C) -> uint8 (N, 32, 32, C), as albumentations would for these draws."""
         n, size = len(images), images.shape[1]
         ramp = torch.arange(size, device=images.device)
-        # Crop from the zero-padded image by gathering rows and columns; an index that falls
-        # in the padding reads 0.
+        # Crop from the padded image by gathering rows and columns: an index that falls in the
+        # padding reads the pad colour, or its mirror image inside (reflect: -i, 2(size-1) - i).
         rows = draws.crop_y[:, None] + ramp - self.padding              # (N, 32) source rows
         cols = draws.crop_x[:, None] + ramp - self.padding
         cols = torch.where(draws.flip[:, None], cols.flip(1), cols)     # flip = read columns backwards
+        if self.pad_reflect:
+            rows, cols = (_reflect(index, size) for index in (rows, cols))
         inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]
         batch = torch.arange(n, device=images.device)[:, None, None]
         out = images[batch, rows.clamp(0, size - 1)[:, :, None], cols.clamp(0, size - 1)[:, None, :]]
-        out = out * inside[..., None]
+        pad = torch.tensor(self.pad_fill, dtype=images.dtype, device=images.device)
+        out = torch.where(inside[..., None], out, pad)
         if self.hole > 0:
             in_hole = (((ramp[None] >= draws.hole_y[:, None])
                         & (ramp[None] < draws.hole_y[:, None] + self.hole))[:, :, None]
@@ -155,3 +164,9 @@ class DeviceBatches:
             draws = self.augment.draw(len(index), generator, self.device).take(self.shard)
             index = index[self.shard]  # drawn for the whole batch: the same images at any process count
             yield self.augment.apply(self.images[index], draws), self.labels[index]
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices of a border mirrored without repeating its edge pixel (padding < size)."""
+    index = torch.where(index < 0, -index, index)
+    return torch.where(index >= size, 2 * (size - 1) - index, index)

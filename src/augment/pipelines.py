@@ -29,8 +29,7 @@ def build_train(params: ModelAugment, mean: list[float], std: list[float],
     """crop, flip, AutoAugment with probability `autoaugment` (0: none), cutout, Normalize:
     the reference runs' order (AutoAugment before cutout, as in DeVries & Taylor's and the ResNet-50 reference)."""
     if params.crop == "pad":
-        # A.Pad, not PadIfNeeded: albumentations 2.0.8 cannot load a saved PadIfNeeded.
-        pad = [A.Pad(params.crop_padding, fill=0, border_mode=cv2.BORDER_CONSTANT)]
+        pad = [pad_step(params.crop_padding, params.crop_fill, mean)]
         crop = [*pad[:params.crop_padding > 0], A.RandomCrop(IMAGE_SIZE, IMAGE_SIZE)]
     else:
         crop = [A.RandomResizedCrop((IMAGE_SIZE, IMAGE_SIZE), scale=params.resized_scale,
@@ -45,6 +44,17 @@ def build_train(params: ModelAugment, mean: list[float], std: list[float],
                                      hole_width_range=(size, size), fill=fill, p=params.cutout_p)
                      if params.cutout_inside else ClippedCutout(size, fill, p=params.cutout_p))
     return A.Compose([*steps, _normalize(mean, std)])
+
+
+def pad_step(padding: int, fill: str, mean: list[float]) -> A.Pad:
+    """The padding before the random crop: `fill` black (0), mean (the mean colour, which
+    Normalize maps to 0) or reflect (the image mirrored at its border, without repeating the edge
+    pixel: numpy's and torch's `reflect`)."""
+    # A.Pad, not PadIfNeeded: albumentations 2.0.8 cannot load a saved PadIfNeeded.
+    if fill == "reflect":
+        return A.Pad(padding, border_mode=cv2.BORDER_REFLECT_101)
+    colour = tuple(round(m * 255) for m in mean) if fill == "mean" else (0, 0, 0)
+    return A.Pad(padding, fill=colour, border_mode=cv2.BORDER_CONSTANT)
 
 
 def _normalize(mean: list[float], std: list[float]) -> A.Normalize:
