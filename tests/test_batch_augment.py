@@ -107,7 +107,10 @@ def test_pipelines_beyond_crop_flip_cutout_go_through_albumentations():
     assert CropFlipCutout.from_pipeline(A.Compose([flip, pad, crop, cutout])) is None
     assert CropFlipCutout.from_pipeline(A.Compose([cutout, pad, crop])) is None
     assert CropFlipCutout.from_pipeline(A.Compose([pad, flip])) is None
-    assert CropFlipCutout.from_pipeline(A.Compose([A.Pad(4, border_mode=cv2.BORDER_REFLECT_101), crop])) is None
+    # A border the op does not mirror (cv2's BORDER_REFLECT repeats the edge pixel; augment.crop_fill's
+    # reflect is BORDER_REFLECT_101, which the op covers).
+    assert CropFlipCutout.from_pipeline(A.Compose([A.Pad(4, border_mode=cv2.BORDER_REFLECT), crop])) is None
+    assert CropFlipCutout.from_pipeline(A.Compose([A.Pad(4, border_mode=cv2.BORDER_REFLECT_101), crop])).pad_reflect
     assert CropFlipCutout.from_pipeline(A.Compose([crop, flip])) == CropFlipCutout(0, 0.5, 0, 0.0, (0, 0, 0))
 
 
