@@ -86,6 +86,15 @@ def run_loop(cifar_root: Path, fill: str, seed: int) -> dict:
     return convergence.plain_run(cifar_root, recipe, seed)
 
 
+def machine() -> str:
+    """'2 cores, AMD EPYC, AVX-512': what a run's time depends on, for the measurements log."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.machine())
+    vector = "AVX-512" if "avx512f" in cpuinfo else "AVX2" if "avx2" in cpuinfo else ""
+    return ", ".join(filter(None, [f"{len(os.sched_getaffinity(0))} cores", model, vector]))
+
+
 def read_results(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
@@ -114,15 +123,16 @@ def table(rows: list[dict]) -> str:
         minutes = statistics.fmean(r["seconds"] for r in runs) / 60
         lines.append(f"| {arm} | {len(runs)} | {statistics.fmean(top1):.2f} | {sd} | {seeds} "
                      f"| {statistics.fmean(r['top5'] for r in runs):.2f} | {minutes:.1f} |")
+    lines.append("")
     loops = [arm for arm in arms if arm.startswith("loop-")]
     for loop in loops:
         for arm in (a for a in sorted(arms) if a.startswith("project-")):
             a, b = [r["top1"] for r in arms[arm]], [r["top1"] for r in arms[loop]]
             if len(a) > 1 and len(b) > 1:
                 diff, low, high = welch(a, b)
-                lines.append(f"\n{arm} - {loop}: {diff:+.2f} top-1 points (95% interval {low:+.2f} to {high:+.2f})")
+                lines.append(f"{arm} - {loop}: {diff:+.2f} top-1 points (95% interval {low:+.2f} to {high:+.2f})")
             elif a and b:
-                lines.append(f"\n{arm} - {loop}: {statistics.fmean(a) - statistics.fmean(b):+.2f} top-1 points "
+                lines.append(f"{arm} - {loop}: {statistics.fmean(a) - statistics.fmean(b):+.2f} top-1 points "
                              "(one seed a side: no interval yet)")
     return "\n".join(lines)
 
@@ -169,8 +179,7 @@ def main() -> None:
             cifar_root = cifar_root or convergence.torchvision_root(archive, scratch)
             scores = run_loop(cifar_root, arm.removeprefix("loop-"), seed)
         row = {"arm": arm, "seed": seed, **scores, "seconds": round(time.perf_counter() - start, 1),
-               "commit": commit, "date": f"{datetime.date.today()}", "machine": platform.processor() or
-               platform.machine(), "cores": len(os.sched_getaffinity(0))}
+               "commit": commit, "date": f"{datetime.date.today()}", "machine": machine()}
         with results.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{arm} seed {seed}: top-1 {row['top1']:.2f}, top-5 {row['top5']:.2f} "
