@@ -67,9 +67,11 @@ def project_repo(folder: Path, archive: Path, md5: str) -> Path:
 def run_project(repo: Path, fill: str, seed: int) -> dict:
     """`dvc exp run` of the pipeline up to evaluate with this padding and seed; its test scores."""
     name = f"fidelity-{fill}-s{seed}"
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    bin_dir = Path(sys.executable).parent  # this interpreter's python and dvc run the stages
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("PYTHONPATH", None)
-    dvc = Path(sys.executable).with_name("dvc")
+    dvc = bin_dir / "dvc"
     done = subprocess.run([str(dvc), "exp", "run", "-n", name, "-S", f"seed={seed}",
                            "-S", f"augment.crop_fill={fill}", "evaluate"], cwd=repo, env=env,
                           capture_output=True, text=True)
