@@ -2,7 +2,7 @@
 through gradio_client and driven in a real browser (Debian's chromium and chromedriver).
 
 The server runs as `python app.py --port N` in project copies with tiny models (see
-tests/inference_project.py), with every HTTP(S) proxy variable pointing at a loopback
+tests/helpers/inference.py), with every HTTP(S) proxy variable pointing at a loopback
 listener that records what would have left the machine: nothing may.
 
 As a service: each kind of bad upload gets the app's one-line message over the API and in the

@@ -1,4 +1,4 @@
-"""The augment stage: splits, channel statistics, the saved pipelines, and a peer check
+"""The augment stage: splits, channel statistics, the pipelines built from params, and a peer check
 of the prepared arrays against torchvision's CIFAR100 reader on the same archive."""
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def test_pipeline_is_random_and_repeatable_from_its_seed(params, autoaugment):
     assert not np.array_equal(apply(6), out), "the pipeline is not random"
 
 
-def test_resnet50_pipeline_is_seed_001s():
+def test_resnet50_pipeline_is_its_references():
     """RandomResizedCrop(scale 0.8-1, ratio 0.9-1.1), flip, AutoAugment on 70%, Cutout, Normalize."""
     from src.params import load_params
 

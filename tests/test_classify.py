@@ -1,7 +1,7 @@
 """`python -m src.classify` and the image handling of src/images.py.
 
 The command runs as a subprocess in a project copy where the real stages trained three
-tiny models and evaluated them (tests/inference_project.py); its probabilities are
+tiny models and evaluated them (tests/helpers/inference.py); its probabilities are
 checked against the evaluate code's logits for the same test images.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training in several processes (DDP) on CPU with gloo, 2 processes, through the real stage.
 
-- A 2-process run's weights after 3 steps match a 1-process run at the same global batch:
+- A 2-process run's weights after 2 steps match a 1-process run at the same global batch:
   their difference is under TOLERANCE of the distance the weights moved from their start.
   Measured: 0.4% (the 1-process run differs from itself by as much with another thread count);
   without synchronised BatchNorm it is 91%, so the comparison can tell.

@@ -4,8 +4,8 @@ Per-image albumentations makes Python calls per image and transform: too slow to
 GPU, and on a slow CPU the limit of each DataLoader worker (docs/measurements.md).
 These tensor ops replace the pipeline's uint8 part for a whole batch: on the GPU
 (runtime.gpu_augment: the training set lives there, 150 MB as uint8) and in
-DataLoader workers otherwise. They are read from the saved pipeline, so the
-augment stage's JSON stays the single definition, and they give albumentations'
+DataLoader workers otherwise. They are read from the pipeline a train stage builds
+(src/augment/pipelines.py stays the single definition), and they give albumentations'
 exact image for the same random draws (tests/test_batch_augment.py):
   Pad(p) + RandomCrop(32): top-left corner uniform in [0, 2p]^2 of the padded image, padded
     with a constant colour or reflected at the border (augment.crop_fill)

@@ -1,4 +1,4 @@
-"""Input normalisation on the device: the final Normalize of the saved pipeline, for whole batches.
+"""Input normalisation on the device: the final Normalize of the model's pipeline, for whole batches.
 
 Workers and the on-GPU augmentation hand over uint8 NHWC batches (4x less data than
 float); this turns them into normalised float NCHW where the model runs.
