@@ -52,6 +52,20 @@ def by_driver(project, lrs: list[float], jobs: int) -> float:
     return time.perf_counter() - start
 
 
+def tiny_sweep_project(folder: Path):
+    """A committed one-model project (the sweep tests' tiny pipeline) on a generated archive, its
+    data prepared: what every round of the sweep benchmarks starts from."""
+    archive = folder / "cifar-100-python.tar.gz"
+    md5 = ca.write_archive(archive, **ca.make_cifar_images(seed=0))
+    project = copy_working_tree(folder / "project", git=True)
+    project.set_params({**LEARNS, "data.url": str(archive), "data.md5": md5})
+    keep_models(project, ["resnet18"])
+    ok(project.dvc("repro", "augment"))
+    project.git("add", "-A")
+    ok(project.git("commit", "-q", "-m", "baseline"))
+    return project
+
+
 def forget_runs(project) -> None:
     """Empty DVC's run-cache, so that the next round trains what the last one did."""
     shutil.rmtree(project.root / ".dvc" / "cache" / "runs", ignore_errors=True)
@@ -64,14 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     lrs = LRS[:args.trials]
     with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "cifar-100-python.tar.gz"
-        md5 = ca.write_archive(archive, **ca.make_cifar_images(seed=0))
-        project = copy_working_tree(Path(tmp) / "project", git=True)
-        project.set_params({**LEARNS, "data.url": str(archive), "data.md5": md5})
-        keep_models(project, ["resnet18"])
-        ok(project.dvc("repro", "augment"))
-        project.git("add", "-A")
-        ok(project.git("commit", "-q", "-m", "baseline"))
+        project = tiny_sweep_project(Path(tmp))
         times = {}
         forget_runs(project)
         times["by hand (1)"] = by_hand(project, lrs, args.jobs, "hand1")

@@ -137,3 +137,44 @@ def start_workers(jobs: int) -> None:
         result = subprocess.CompletedProcess([], code, "", output.read())
     if result.returncode != 0:
         raise UserError(f"`dvc queue start -j {jobs}` failed ({_error_line(result)})")
+
+
+# Passing refusals while DVC's queue workers use the repository: asked again later, they answer.
+BUSY = ("Unable to acquire lock", "is busy", *TRANSIENT)
+
+
+def _dvc_patiently(args: list[str], what: str, patience_s: float) -> None:
+    deadline = time.monotonic() + patience_s
+    while True:
+        result = _dvc(*args)
+        if result.returncode == 0:
+            return
+        if not any(sign in result.stderr for sign in BUSY) or time.monotonic() > deadline:
+            raise UserError(f"`{what}` failed ({_error_line(result)})")
+        time.sleep(5)
+
+
+def push(remote: str, names: list[str], patience_s: float = 300) -> None:
+    """`dvc exp push REMOTE NAME...`: the experiments' git refs to the git remote, their outputs to
+    the default DVC remote."""
+    _dvc_patiently(["exp", "push", remote, *names], f"dvc exp push {remote} {' '.join(names)}", patience_s)
+
+
+def pull(remote: str, names: list[str], patience_s: float = 300) -> None:
+    """`dvc exp pull REMOTE NAME...`: the experiments' refs from the git remote, their outputs from
+    the default DVC remote."""
+    _dvc_patiently(["exp", "pull", remote, *names], f"dvc exp pull {remote} {' '.join(names)}", patience_s)
+
+
+def check_sharing(remote: str) -> None:
+    """That `remote` is a git remote of this clone and that DVC has a default remote for the
+    outputs: what `dvc exp push REMOTE` needs, checked before anything runs."""
+    remotes = subprocess.run(["git", "remote"], capture_output=True, text=True).stdout.split()
+    if remote not in remotes:
+        known = f"this clone has {', '.join(remotes)}" if remotes else "this clone has none"
+        raise UserError(f"--push {remote}: not a git remote of this clone ({known}): add the shared git "
+                        f"repository with `git remote add {remote} URL`, or name one of those")
+    result = _dvc("remote", "default")
+    if result.returncode != 0 or not result.stdout.strip():
+        raise UserError(f"--push {remote}: DVC has no default remote for the experiments' outputs (models, data): "
+                        "add the shared one with `dvc remote add -d NAME URL` (and commit .dvc/config)")

@@ -24,14 +24,16 @@ import pytest  # noqa: E402
 
 from fixtures.timings import TIMINGS  # noqa: E402
 
-pytest_plugins = ["fixtures.data", "fixtures.servers", "fixtures.projects", "fixtures.evaluated"]
+pytest_plugins = ["fixtures.data", "fixtures.servers", "fixtures.postgres", "fixtures.projects",
+                  "fixtures.evaluated"]
 
 # A test that uses one of these runs stages, dvc, a server or training (or drives a browser), so it
 # carries the marks without a mark of its own; a module whose tests start such work some other way
 # says so with `pytestmark`.
 MARKS_BY_FIXTURE = {
     **{name: ("slow",) for name in ("http_server", "downloaded", "prepared", "trained", "evaluated",
-                                    "trained_tiny", "project_copy", "stage_copy", "genuine_archive")},
+                                    "trained_tiny", "project_copy", "stage_copy", "genuine_archive",
+                                    "postgres")},
     "browser": ("slow", "browser"),  # test_app.py's and test_plots_page.py's chromium
 }
 # Seconds per test file, as measured (tests/durations.json; refresh it with

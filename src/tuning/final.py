@@ -8,7 +8,7 @@ from optuna.trial import FrozenTrial, TrialState
 from src import experiments
 from src.errors import UserError
 from src.tuning.space import VAL_SIZE_KEY
-from src.tuning.trials import EXPERIMENT, FAILURES, listing, shown, wait_for_change
+from src.tuning.trials import EXPERIMENT, SURPLUS, WORKER, failures, listing, shown, wait_for_change
 
 TEST_KEYS = ("top1", "top1_low", "top1_high", "top5")
 
@@ -17,6 +17,21 @@ def best_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
     """The finished trial of the highest val top-1; the earliest of equals."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+
+
+def pull_trials(study, remote: str, report) -> None:
+    """`dvc exp pull REMOTE` of the finished trials' experiments, so that this clone's `dvc exp show`
+    lists them all, whichever machine ran them. The best is chosen from the study's values either way."""
+    names = [t.user_attrs[EXPERIMENT] for t in study.get_trials(deepcopy=False)
+             if t.state == TrialState.COMPLETE and t.user_attrs.get(EXPERIMENT)]
+    if not names:
+        return
+    try:
+        experiments.pull(remote, names)
+        report(f"final: pulled {len(names)} trials' experiments from {remote}")
+    except UserError as error:
+        report(f"final: could not pull every trial from {remote} ({error}); `dvc exp show` lists those this "
+               "clone has")
 
 
 def final_params(best: FrozenTrial) -> dict:
@@ -50,12 +65,13 @@ def run_final(sweep: str, best: FrozenTrial, models: list[str], jobs: int, repor
     return {"experiment": name, "params": params, "test": test}
 
 
-def trial_rows(trials: list[FrozenTrial], failures: dict) -> list[dict]:
+def trial_rows(trials: list[FrozenTrial], reasons: dict) -> list[dict]:
     """{experiment, params, value, state} of each trial, best first, unfinished and failed last."""
     rows = [{"experiment": t.user_attrs.get(EXPERIMENT), "params": t.params, "value": t.value,
              "state": {TrialState.COMPLETE: "complete", TrialState.FAIL: "failed"}.get(t.state, "running"),
-             **({"failure": failures[str(t.number)]} if str(t.number) in failures else {})}
-            for t in trials]
+             "worker": t.user_attrs.get(WORKER),
+             **({"failure": reasons[str(t.number)]} if str(t.number) in reasons else {})}
+            for t in trials if not t.user_attrs.get(SURPLUS)]
     return sorted(rows, key=lambda r: (r["value"] is None, -(r["value"] or 0)))
 
 
@@ -67,7 +83,7 @@ def summary(study, models: list[str], final: dict | None) -> dict:
     """What `--json` prints."""
     trials = study.get_trials(deepcopy=False)
     best = best_trial(trials)
-    out = {"trials": trial_rows(trials, study.user_attrs.get(FAILURES, {})),
+    out = {"trials": trial_rows(trials, failures(study)),
            "best": None if best is None else {"experiment": best.user_attrs.get(EXPERIMENT),
                                               "params": best.params, "value": best.value}}
     if final is not None:
