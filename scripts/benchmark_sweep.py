@@ -87,10 +87,15 @@ def main() -> None:
         forget_runs(project)
         times["by hand (2)"] = by_hand(project, lrs, args.jobs, "hand2")
         ok(project.dvc("queue", "stop"))
+    report(times, args.trials, f"{args.trials} tiny trials, -j {args.jobs}")
+
+
+def report(times: dict[str, float], trials: int, what: str) -> None:
+    """Each round's wall time, and the driver's over the mean of the two by-hand rounds."""
     hand = (times["by hand (1)"] + times["by hand (2)"]) / 2
-    print(f"{args.trials} tiny trials, -j {args.jobs}, wall time:")
+    print(f"{what}, wall time:")
     for name, seconds in times.items():
-        print(f"  {name:12s} {seconds:7.1f} s ({seconds / args.trials:.1f} s per trial)")
+        print(f"  {name:12s} {seconds:7.1f} s ({seconds / trials:.1f} s per trial)")
     print(f"driver / by hand (mean of the two by-hand rounds): {times['src.sweep'] / hand:.3f} (goal <= 1.05)")
 
 

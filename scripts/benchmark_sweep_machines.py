@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
 
-from benchmark_sweep import LRS, forget_runs, tiny_sweep_project  # noqa: E402
+from benchmark_sweep import LRS, forget_runs, report, tiny_sweep_project  # noqa: E402
 
 from fixtures.postgres import running_postgres  # noqa: E402
 from helpers.commands import ok, run_cmd  # noqa: E402
@@ -93,11 +93,8 @@ def main() -> None:
                 forget_runs(clone)
             times[name] = run()
             print(f"  {name:12s} {times[name]:7.1f} s", flush=True)
-    hand = (times["by hand (1)"] + times["by hand (2)"]) / 2
-    print(f"{args.trials} tiny trials on two machines (clones sharing PostgreSQL, git and DVC remotes), wall time:")
-    for name, seconds in times.items():
-        print(f"  {name:12s} {seconds:7.1f} s ({seconds / args.trials:.1f} s per trial)")
-    print(f"drivers / by hand (mean of the two by-hand rounds): {times['src.sweep'] / hand:.3f} (goal <= 1.05)")
+    report(times, args.trials, f"{args.trials} tiny trials on two machines (clones sharing PostgreSQL, git and "
+                               "DVC remotes)")
 
 
 if __name__ == "__main__":
