@@ -210,3 +210,17 @@ def test_push_without_a_default_dvc_remote_fails_before_anything_runs(cluster):
                          timeout=300)
     assert result.returncode == 1 and "DVC has no default remote" in result.stderr, result.stderr
     assert not (project.root / "sweeps").exists()
+
+
+def test_drivers_that_start_together_on_a_fresh_database_all_open_it(postgres, tmp_path):
+    """Each creates Optuna's tables if they are missing: at the same moment, all but one collide."""
+    url, go = postgres.new_database("fresh_together"), tmp_path / "go"
+    code = ("import os, sys, time; from src.tuning import study, trials; print('ready', flush=True)\n"
+            "while not os.path.exists(sys.argv[2]): time.sleep(0.001)\n"
+            "study.open_storage(sys.argv[1], 60, trials.StaleTrials(60)); print('opened')")
+    starts = [subprocess.Popen([sys.executable, "-c", code, url, go], cwd=ROOT, env=command_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(4)]
+    assert [process.stdout.readline() for process in starts] == ["ready\n"] * 4
+    go.touch()  # all four open the storage at once
+    outputs = [process.communicate(timeout=120)[0] for process in starts]
+    assert all(process.returncode == 0 for process in starts) and outputs == ["opened\n"] * 4, outputs

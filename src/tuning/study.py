@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import subprocess
+import time
 import warnings
 import zlib
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from src.tuning.trials import this_worker
 STUDIES = Path("sweeps")  # gitignored: the studies are local bookkeeping; experiments hold the results
 SAMPLERS = ("tpe", "random", "grid")
 DEFAULT_STALE_AFTER_S = 300  # a trial without a heartbeat for this long is run again elsewhere
+SCHEMA_ATTEMPTS = 5  # tries to open a storage whose tables another driver is creating at that moment
 HEARTBEATS_PER_GRACE = 5  # heartbeats sent within one grace period: a slow one or two do not fail a trial
 DRIVERS = {"postgresql": "psycopg[binary] (requirements.txt)", "mysql": "PyMySQL (pip install PyMySQL)"}
 _held = []  # the open lock files: closing one would release its lock
@@ -90,10 +92,7 @@ def open_storage(url: str, stale_after_s: int,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=_engine_kwargs(parsed), grace_period=stale_after_s,
-                heartbeat_interval=max(1, stale_after_s // HEARTBEATS_PER_GRACE),
-                heartbeat_stale_trial_callback=on_stale)
+            return _rdb_storage(url, parsed, stale_after_s, on_stale)
         except ModuleNotFoundError as error:
             driver = DRIVERS.get(parsed.get_backend_name(), f"the Python driver {error.name}")
             raise UserError(f"--storage {masked(url)}: no driver for {parsed.get_backend_name()} "
@@ -106,6 +105,22 @@ def open_storage(url: str, stale_after_s: int,
             reason = _scrub(reason[0] if reason else type(error).__name__, url)
             raise UserError(f"cannot open the study's storage {masked(url)} ({reason}): check the host, port, "
                             "user, password and database, and that this machine can reach it") from None
+
+
+def _rdb_storage(url: str, parsed, stale_after_s: int, on_stale) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage; drivers that start at the same moment on a fresh database race to
+    create its tables, and the losers find them made when they try again."""
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=_engine_kwargs(parsed), grace_period=stale_after_s,
+                heartbeat_interval=max(1, stale_after_s // HEARTBEATS_PER_GRACE),
+                heartbeat_stale_trial_callback=on_stale)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _engine_kwargs(parsed) -> dict:
@@ -128,11 +143,12 @@ def open_study(name: str, storage: optuna.storages.RDBStorage, url: str, space: 
     """The study `name`, created or resumed; refuses to resume one of another space, sampler or
     commit (its trials would not be comparable, or not in `dvc exp show`)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    existing = optuna.get_all_study_names(storage)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     recorded = {"space": space.as_dict(), "sampler": sampler, "commit": head_commit()}
-    if name not in existing:
-        for key, value in recorded.items():
+    # What the study was started with: the first driver records it. Drivers that start together
+    # may all record it; read back, only the values written last pass.
+    for key, value in recorded.items():
+        if key not in study.user_attrs:
             study.set_user_attr(key, value)
     for key, value in recorded.items():
         if study.user_attrs.get(key) != value:
