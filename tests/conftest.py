@@ -13,7 +13,7 @@ from pathlib import Path
 
 # Each test process, and every command it starts (stages, dvc and its queue workers, torchrun's
 # ranks), does its math on its share of the cores, as src.sweep gives DVC's queue workers theirs:
-# pytest-xdist runs one process per core or more, and torch's default of one OpenMP thread per core in each
+# pytest-xdist runs one process per core, and torch's default of one OpenMP thread per core in each
 # of them oversubscribes the cores. Set before numpy and torch are imported: both read it then. A
 # run in one process (-n 0) keeps torch's default.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # a test process of pytest-xdist (not its controller)
@@ -36,14 +36,6 @@ MARKS_BY_FIXTURE = {
                                     "postgres")},
     "browser": ("slow", "browser"),  # test_app.py's and test_plots_page.py's chromium
 }
-@pytest.hookimpl(tryfirst=True)
-def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto` (pytest.ini): one test process more than the cores, at most four (--maxprocesses).
-    Most slow tests spend their time waiting on dvc, git, queue workers and servers, not computing
-    (measured: the slow tier kept two cores about two-thirds busy with one process per core)."""
-    return len(os.sched_getaffinity(0)) + 1
-
-
 # Seconds per test file, as measured (tests/durations.json; refresh it with
 # scripts/suite_durations.py): pytest-xdist hands out whole files (--dist loadfile,
 # --no-loadscope-reorder in pytest.ini) in collection order, so the longest go first, or a long
