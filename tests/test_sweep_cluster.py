@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from helpers.commands import command_env, ok, run_cmd
 from helpers.docs import command, section
 from helpers.project import ROOT, Project, drop_report, keep_models, tiny_repo
-from helpers.sweep import LEARNS, VAL_SIZE
+from helpers.sweep import LEARNS, VAL_SIZE, exp_json, exp_params, exp_refs
 
 NAME, TRIALS, STALE_AFTER_S = "lr", 4, 10
 SPACE = f"objective: resnet18\nval_size: {VAL_SIZE}\nspace:\n  lr: {{low: 0.02, high: 0.2, log: true}}\n"
@@ -167,12 +167,22 @@ def test_a_third_clone_pulls_every_trial_and_final_trains_the_best_once_and_push
     best = [name for name, value in val.items() if value == max(val.values())]  # ties: the study's earliest
 
     ok(third.dvc("pull", "--with-deps", "augment"))
-    final = third.run(sys.executable, "-m", "src.sweep", "lr.yaml", "--storage", cluster.storage, "--push", "origin",
-                      "--trials", str(TRIALS), "--final", "--json", timeout=900)
-    report = json.loads(ok(final).stdout)
+    swept_final = third.run(sys.executable, "-m", "src.sweep", "lr.yaml", "--storage", cluster.storage,
+                            "--push", "origin", "--trials", str(TRIALS), "--final", "--json", timeout=900)
+    report = json.loads(ok(swept_final).stdout)
     assert report["best"]["experiment"] == min(best, key=lambda name: complete[name].number)
-    assert report["final"]["experiment"] == f"{NAME}-final"
-    assert "sweep-secret" not in final.stdout + final.stderr  # the storage URL's password is never printed
+    final = report["final"]
+    assert final["experiment"] == f"{NAME}-final"
+    # The best params, on the whole training split (nothing held out), scored on the test split once:
+    # checked against the experiments' own files, not against what the sweep says of them.
+    refs = exp_refs(third)
+    final_params = exp_params(third, refs[final["experiment"]])
+    best_params = exp_params(third, refs[report["best"]["experiment"]])
+    assert final_params["data"].pop("val_size") == 0 and best_params["data"].pop("val_size") == VAL_SIZE
+    assert final_params == best_params
+    metrics = exp_json(third, refs[final["experiment"]], "metrics/resnet18.json")
+    assert "val" not in metrics and final["test"]["resnet18"]["top1"] == metrics["top1"]
+    assert "sweep-secret" not in swept_final.stdout + swept_final.stderr  # the URL's password is never printed
     pushed = ok(run_cmd(["git", "ls-remote", cluster.origin, "refs/exps/*"], cwd=cluster.tmp)).stdout
     assert {ref.rsplit("/", 1)[-1] for ref in pushed.split()[1::2]} == {*complete, f"{NAME}-final"}
 
