@@ -171,9 +171,9 @@ def check_sharing(remote: str) -> None:
     outputs: what `dvc exp push REMOTE` needs, checked before anything runs."""
     remotes = subprocess.run(["git", "remote"], capture_output=True, text=True).stdout.split()
     if remote not in remotes:
-        known = f"this clone has {', '.join(remotes)}" if remotes else "this clone has none"
-        raise UserError(f"--push {remote}: not a git remote of this clone ({known}): add the shared git "
-                        f"repository with `git remote add {remote} URL`, or name one of those")
+        known = f"it has {', '.join(remotes)}, or name one of those" if remotes else "it has none"
+        raise UserError(f"--push {remote}: not a git remote of this clone: add the shared git repository with "
+                        f"`git remote add {remote} URL` ({known})")
     result = _dvc("remote", "default")
     if result.returncode != 0 or not result.stdout.strip():
         raise UserError(f"--push {remote}: DVC has no default remote for the experiments' outputs (models, data): "
