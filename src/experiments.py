@@ -35,15 +35,24 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
 
 def exp_show(patience_s: float = 30) -> list[dict]:
     """`dvc exp show --json`: the workspace, HEAD and HEAD's experiments."""
+    result = _dvc_patiently(["exp", "show", "--json"], TRANSIENT, patience_s, pause_s=2)
+    if result.returncode != 0:
+        raise UserError(f"`dvc exp show` failed ({_error_line(result)}): run this command from the root "
+                        "of the project's git repository")
+    return json.loads(result.stdout)
+
+
+def _dvc_patiently(args: list[str], passing: tuple[str, ...], patience_s: float,
+                   pause_s: float) -> subprocess.CompletedProcess:
+    """`dvc ARGS`, asked again every `pause_s` while it fails with one of the `passing` errors,
+    for at most `patience_s`: its last result."""
     deadline = time.monotonic() + patience_s
     while True:
-        result = _dvc("exp", "show", "--json")
-        if result.returncode == 0:
-            return json.loads(result.stdout)
-        if not any(sign in result.stderr for sign in TRANSIENT) or time.monotonic() > deadline:
-            raise UserError(f"`dvc exp show` failed ({_error_line(result)}): run this command from the root "
-                            "of the project's git repository")
-        time.sleep(2)
+        result = _dvc(*args)
+        if result.returncode == 0 or not any(sign in result.stderr for sign in passing) \
+                or time.monotonic() > deadline:
+            return result
+        time.sleep(pause_s)
 
 
 def flatten(params: dict, prefix: str = "") -> dict:
@@ -143,27 +152,22 @@ def start_workers(jobs: int) -> None:
 BUSY = ("Unable to acquire lock", "is busy", *TRANSIENT)
 
 
-def _dvc_patiently(args: list[str], what: str, patience_s: float) -> None:
-    deadline = time.monotonic() + patience_s
-    while True:
-        result = _dvc(*args)
-        if result.returncode == 0:
-            return
-        if not any(sign in result.stderr for sign in BUSY) or time.monotonic() > deadline:
-            raise UserError(f"`{what}` failed ({_error_line(result)})")
-        time.sleep(5)
+def _share(verb: str, remote: str, names: list[str], patience_s: float) -> None:
+    result = _dvc_patiently(["exp", verb, remote, *names], BUSY, patience_s, pause_s=5)
+    if result.returncode != 0:
+        raise UserError(f"`dvc exp {verb} {remote} {' '.join(names)}` failed ({_error_line(result)})")
 
 
 def push(remote: str, names: list[str], patience_s: float = 300) -> None:
     """`dvc exp push REMOTE NAME...`: the experiments' git refs to the git remote, their outputs to
     the default DVC remote."""
-    _dvc_patiently(["exp", "push", remote, *names], f"dvc exp push {remote} {' '.join(names)}", patience_s)
+    _share("push", remote, names, patience_s)
 
 
 def pull(remote: str, names: list[str], patience_s: float = 300) -> None:
     """`dvc exp pull REMOTE NAME...`: the experiments' refs from the git remote, their outputs from
     the default DVC remote."""
-    _dvc_patiently(["exp", "pull", remote, *names], f"dvc exp pull {remote} {' '.join(names)}", patience_s)
+    _share("pull", remote, names, patience_s)
 
 
 def check_sharing(remote: str) -> None:
