@@ -1,6 +1,6 @@
 """How fast the project learns on the genuine CIFAR-100, against a plain PyTorch loop of the same recipe.
 
-    python scripts/convergence.py                          # every budget: 10k, 50k, r50-10k
+    python scripts/convergence.py                          # every budget (below)
     python scripts/convergence.py --budget 10k --seeds 0 1 2 --set model.dropout=0.2
     python scripts/convergence.py --budget r50-10k --skip-plain --set model.resnet50.autoaugment=0
 
@@ -21,6 +21,9 @@ test split):
   10k      ResNet-18 width 16, 2 epochs, lr 0.1, the first 10,000 training images, seeds 0 1 2;
            both sides: pad-4 random crop, flip, Cutout 16 (p 0.5)
   50k      the same on all 50,000 training images, the first seed only
+  mobilenet-10k, cnn-10k  the 10k budget (seeds 0 1 2) for torchvision's MobileNetV2 (width_mult
+           0.5, CIFAR stem) and the custom CNN (width 32), at about ResNet-18 width 16's compute; the
+           project's side only
   r50-10k  ResNet-50 (Bottleneck, [3, 4, 6, 3]) width 16, 4 epochs, the first 10,000 training
            images, seeds 0 1 2. Project: `lr` 0.1 (the shared rate at batch 128) times
            params.yaml's model.resnet50.lr_scale, model.resnet50.epochs_scale 1, and otherwise
@@ -91,6 +94,10 @@ R18_EPOCHS = 2
 R18_LR = 0.1             # peak, both sides
 R18_CROP_PADDING = 4     # pixels of zero padding before the random 32x32 crop
 
+# The other architectures' budgets "mobilenet-10k" and "cnn-10k": the 10k budget's params
+MOBILENET_WIDTH = 0.5    # width_mult: 28 M multiply-adds per image with the CIFAR stem
+CNN_WIDTH = 32           # the custom CNN's first block (then x2, x4): 39 M multiply-adds per image
+
 # ResNet-50 budget "r50-10k": the plain side is the ResNet-50 reference's recipe
 R50_EPOCHS = 4
 R50_PROJECT_LR = 0.1     # the shared `lr` at batch 128; params.yaml's model.resnet50.lr_scale multiplies it
@@ -133,7 +140,7 @@ class Budget:
     images: int                # the first N training images, both sides
     all_seeds: bool            # every --seeds (else the first only)
     project: dict              # params.yaml key paths -> values, besides seed and data.url/md5
-    plain: PlainRecipe
+    plain: PlainRecipe | None  # None: the project's side only
 
     def seeds(self, seeds: list[int]) -> list[int]:
         return seeds if self.all_seeds else seeds[:1]
@@ -150,6 +157,14 @@ BUDGETS = {budget.name: budget for budget in (
            PlainRecipe("resnet18", 10_000, R18_EPOCHS, R18_LR, "crop")),
     Budget("50k", "resnet18", "ResNet-18", TRAIN_IMAGES, False, r18_project(TRAIN_IMAGES),
            PlainRecipe("resnet18", TRAIN_IMAGES, R18_EPOCHS, R18_LR, "crop")),
+    # Other architectures at the 10k budget, at about ResNet-18 width 16's 35 M multiply-adds per
+    # image; the project's side only (no plain loop of theirs).
+    Budget("mobilenet-10k", "mobilenet_v2", "MobileNetV2 x0.5 (torchvision, CIFAR stem)", 10_000, True,
+           {**r18_project(10_000), "model.mobilenet_v2": {"zoo": "torchvision", "name": "mobilenet_v2",
+                                                          "options": {"width_mult": MOBILENET_WIDTH}}}, None),
+    Budget("cnn-10k", "custom_cnn", "custom CNN (src/models/custom_cnn.py, width 32)", 10_000, True,
+           {**r18_project(10_000), "model.width": CNN_WIDTH,
+            "model.custom_cnn": {"module": "custom_cnn", "options": {"blocks": 3}}}, None),
     Budget("r50-10k", "resnet50", "ResNet-50", 10_000, True,
            {"lr": R50_PROJECT_LR, "epochs": R50_EPOCHS, "batch_size": BATCH_SIZE,
             "data.train_limit": 10_000, "data.val_size": 0, "model.width": WIDTH,
@@ -456,7 +471,7 @@ def describe(budget: Budget, seeds: list[int], project: ProjectCopy, overrides: 
             f"= {lr * lr_scale:g}, {epochs} x epochs_scale {epochs_scale:g} epochs, warmup "
             f"{get_param(params, 'train.warmup_epochs')} epoch, train_limit {limit}; the rest of "
             f"params.yaml's {recipe} recipe ({json.dumps(get_param(params, recipe))})\n"
-            f"   plain:   {budget.plain.describe()}")
+            f"   plain:   {budget.plain.describe() if budget.plain else 'none (the project only)'}")
 
 
 def main() -> None:
@@ -503,7 +518,7 @@ def main() -> None:
             model_file = project.train(budget.model, seed, budget.project, overrides)
             row = {"seed": seed, **{f"project_{k}": v for k, v in project.score(model_file).items()}}
             row["project_s"] = time.perf_counter() - start
-            if not args.skip_plain:
+            if not args.skip_plain and budget.plain is not None:
                 start = time.perf_counter()
                 row.update({f"plain_{k}": v for k, v in plain_run(cifar_root, budget.plain, seed).items()})
                 row["plain_s"] = time.perf_counter() - start
@@ -514,8 +529,8 @@ def main() -> None:
         means = {key: mean_of(rows, key) for key in rows[0] if key != "seed"}
         if "top1_diff" in means:
             means["goal_met"] = means["top1_diff"] >= -GOAL_MARGIN
-        results[name] = {"model": budget.model, "recipe": header,
-                         "project_settings": budget.project, "plain_recipe": dataclasses.asdict(budget.plain),
+        results[name] = {"model": budget.model, "recipe": header, "project_settings": budget.project,
+                         "plain_recipe": budget.plain and dataclasses.asdict(budget.plain),
                          "seeds": rows, "mean": means}
         print(f"{name} {budget.model} mean over seeds {budget_seeds}: "
               + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in means.items()),

@@ -33,10 +33,12 @@ def retrain(name: str) -> str:
 
 def write(path: str | Path, *, name: str, architecture: dict, width: int, state_dict: dict, ema: bool,
           params: dict, prepared_data_hash: str, normalize: dict, classes: list[str], history: list[dict],
-          versions: dict) -> None:
+          versions: dict, pretrained: dict | None = None) -> None:
+    """`pretrained`: the ImageNet weights file the model started from (src/models/pretrained.py)."""
     state = {"model": name, "architecture": architecture, "num_classes": len(classes), "width": width,
              "state_dict": state_dict, "ema": ema, "params": params, "prepared_data_hash": prepared_data_hash,
-             "normalize": normalize, "classes": classes, "history": history, "versions": versions}
+             "normalize": normalize, "classes": classes, "history": history, "versions": versions,
+             "pretrained": pretrained}
     with staged_file(path) as tmp:
         torch.save(state, tmp)
 
@@ -79,9 +81,11 @@ def _check_architecture(architecture, path: Path, name: str) -> None:
               and isinstance(architecture.get("layers"), list) and len(architecture["layers"]) == 4
               and all(isinstance(n, int) and n >= 1 for n in architecture["layers"]))
     module = isinstance(architecture, dict) and isinstance(architecture.get("module"), str)
-    if not (resnet or module):
+    zoo = (isinstance(architecture, dict) and architecture.get("zoo") in ("torchvision", "timm")
+           and isinstance(architecture.get("name"), str))
+    if not (resnet or module or zoo):
         raise UserError(f"refusing {path}: its architecture {architecture!r} is neither a ResNet "
-                        f"(block basic|bottleneck, four layers) nor a module. {retrain(name)}.")
+                        f"(block basic|bottleneck, four layers), a module nor a zoo's. {retrain(name)}.")
 
 
 def check_trained_on(state: dict, path: str | Path, prepared_hash: str) -> None:

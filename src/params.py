@@ -117,7 +117,12 @@ class ModelRecipe(Section):
     block: Literal["basic", "bottleneck"] | None = None  # a CIFAR ResNet of torchvision's blocks
     layers: list[Annotated[int, Field(ge=1, le=64)]] | None = Field(default=None, min_length=4, max_length=4)
     module: str | None = None  # or an architecture in code: src/models/<module>.py
-    options: dict = Field(default_factory=dict)  # keyword arguments of that module's build_model
+    zoo: Literal["torchvision", "timm"] | None = None  # or a zoo's architecture by `name`
+    name: str | None = None
+    options: dict = Field(default_factory=dict)  # keyword arguments of the module's build_model / the zoo's constructor
+    input_size: int | None = Field(default=None, ge=16, le=1024)  # zoo: resize to NxN; null: the CIFAR stem
+    pretrained: Literal["imagenet"] | None = None  # zoo: start from its ImageNet weights (weights/<model>.pt)
+    freeze_epochs: int = Field(default=0, ge=0)  # pretrained: epochs that train the new head only
     epochs_scale: float = Field(default=1.0, gt=0)
     lr_scale: float = Field(default=1.0, gt=0)
     mixup_alpha: float = Field(default=0.0, ge=0)
@@ -138,6 +143,8 @@ class ModelRecipe(Section):
         """What src/models/build.py builds, as the model file stores it."""
         if self.module is not None:
             return {"module": self.module, "options": dict(self.options)}
+        if self.zoo is not None:
+            return {"zoo": self.zoo, "name": self.name, "options": dict(self.options), "input_size": self.input_size}
         return {"block": self.block, "layers": list(self.layers)}
 
 
@@ -179,21 +186,41 @@ class ModelParams(Section):
     def _architectures(self) -> ModelParams:
         for name in self.names:
             recipe, where = self.recipes[name], f"model.{name}"
-            if recipe.module is not None:
-                if recipe.block is not None or recipe.layers is not None:
-                    raise ValueError(f"{where}.module = {recipe.module!r} beside {where}.block/layers: a model "
-                                     "has one architecture, keep one")
-                if not MODULE_NAME.fullmatch(recipe.module):
-                    raise ValueError(f"{where}.module = {recipe.module!r} must be the name of a file "
-                                     "src/models/<module>.py (lower-case letters, digits, _)")
-            elif recipe.block is None or recipe.layers is None:
+            kinds = [kind for kind, given in (("block/layers", recipe.block is not None or recipe.layers is not None),
+                                              ("module", recipe.module is not None),
+                                              ("zoo", recipe.zoo is not None)) if given]
+            if len(kinds) > 1:
+                raise ValueError(f"{where}.{kinds[1]} = {getattr(recipe, kinds[1])!r} beside {where}.{kinds[0]}: "
+                                 "a model has one architecture, keep one")
+            if recipe.module is not None and not MODULE_NAME.fullmatch(recipe.module):
+                raise ValueError(f"{where}.module = {recipe.module!r} must be the name of a file "
+                                 "src/models/<module>.py (lower-case letters, digits, _)")
+            if recipe.zoo is None:
+                zoo_keys = [key for key in ("name", "input_size", "pretrained") if getattr(recipe, key) is not None]
+                if recipe.freeze_epochs:
+                    zoo_keys.append("freeze_epochs")
+                if zoo_keys:
+                    raise ValueError(f"{where}.{zoo_keys[0]} is for an architecture of a zoo: add "
+                                     f"`zoo: torchvision` (or timm) to the block, or remove {zoo_keys[0]}")
+            elif not recipe.name:
+                raise ValueError(f"{where}.zoo = {recipe.zoo} needs `name`, the architecture's name in {recipe.zoo} "
+                                 "(e.g. mobilenet_v2), as docs/models.md shows")
+            elif recipe.freeze_epochs and recipe.pretrained is None:
+                raise ValueError(f"{where}.freeze_epochs = {recipe.freeze_epochs} freezes ImageNet weights: "
+                                 "add `pretrained: imagenet`, or set freeze_epochs to 0")
+            if not kinds:
                 known = [n for n in self.names if n != name]
                 raise ValueError(
                     f"{where} has no architecture: give it `block: basic | bottleneck` and `layers: "
-                    f"[n1, n2, n3, n4]` (or `module: <file in src/models/>`), as docs/models.md "
-                    f"shows. If you meant an existing model, check its name ({', '.join(known) or 'none'})")
-            elif recipe.options:
-                raise ValueError(f"{where}.options is for a module architecture; a ResNet block takes none")
+                    f"[n1, n2, n3, n4]`, `zoo: torchvision | timm` and `name`, or `module: <file in "
+                    f"src/models/>`, as docs/models.md shows. If you meant an existing model, check its name "
+                    f"({', '.join(known) or 'none'})")
+            if kinds == ["block/layers"]:
+                if recipe.block is None or recipe.layers is None:
+                    raise ValueError(f"{where} needs both `block: basic | bottleneck` and `layers: [n1, n2, n3, n4]`")
+                if recipe.options:
+                    raise ValueError(f"{where}.options is for a module or zoo architecture; a ResNet block "
+                                     "takes none")
         return self
 
     @model_validator(mode="after")

@@ -64,5 +64,8 @@ def versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    return {"python": platform.python_version(), "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "albumentations": str(albumentations.__version__)}
+    found = {"python": platform.python_version(), "torch": str(torch.__version__),
+             "torchvision": str(torchvision.__version__), "albumentations": str(albumentations.__version__)}
+    if "timm" in sys.modules:  # a model of timm's zoo was built
+        found["timm"] = str(sys.modules["timm"].__version__)
+    return found

@@ -135,11 +135,14 @@ def _device(runtime: Runtime) -> str:
 
 
 def _provenance(state: dict, runtime: Runtime, archive_md5: str, prepared_hash: str) -> dict:
-    """What the numbers came from beyond dvc.lock: data, the model's training length, device, torch."""
+    """What the numbers came from beyond dvc.lock: data, the model's training length (and the
+    ImageNet weights it started from), device, torch."""
     trained = {key: state.get("params", {}).get(key) for key in ("epochs", "lr")}
+    started = state.get("pretrained")  # the ImageNet weights file a pretrained model started from
     return {"archive_md5": archive_md5, "prepared_data_hash": prepared_hash,
             "device": _device(runtime), "torch": str(torch.__version__),
-            "trained": {key: value for key, value in trained.items() if value is not None}}
+            "trained": {key: value for key, value in trained.items() if value is not None},
+            **({"pretrained": started} if started else {})}
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Stages `train-<name>` (train-resnet18, train-resnet34, train-resnet50, ...): train one model
-from scratch, the one whose `model.<name>` block in params.yaml gives its architecture and recipe.
+"""Stages `train-<name>` (train-resnet18, train-resnet34, train-resnet50, ...): train one model,
+the one whose `model.<name>` block in params.yaml gives its architecture and recipe, from scratch
+or (`pretrained: imagenet`) from the ImageNet weights its weights-<name> stage fetched.
 
     python -m stages.train --model resnet18      (run by `dvc repro train-resnet18`)
 
-In:  data/prepared/, params seed, lr, epochs, batch_size, the shared augment.* keys a model may
-     override, model.width, model.zero_init_residual, model.dropout, model.<name>, train, runtime
+In:  data/prepared/, weights/<name>.pt (pretrained models), params seed, lr, epochs, batch_size,
+     the shared augment.* keys a model may override, model.width, model.zero_init_residual,
+     model.dropout, model.<name>, train, runtime
 Out: models/<name>.pt         final weights (the EMA of the weights with train.ema_decay) + the
                               params, augmentation, data hash and versions that made them
                               (src/model_file.py)
@@ -26,6 +28,7 @@ from src.augment import pipelines
 from src.data import splits
 from src.data.normalize import Normalizer
 from src.errors import UserError, run
+from src.models import pretrained
 from src.models.build import build_model, check_architecture
 from src.params import Params, load_params
 from src.predict import predict_logits
@@ -35,6 +38,7 @@ from src.train import checkpoint, distributed
 from src.train.curves import epoch_log
 from src.train.data import make_batches
 from src.train.ema import WeightAverage
+from src.train.freeze import BackboneFreeze
 from src.train.loop import Diverged, StepRecipe, train_epoch
 from src.train.mix import BatchMix
 from src.train.optim import build_optimizer
@@ -85,16 +89,20 @@ def train(name: str, params: Params, runtime: Runtime, processes: distributed.Pr
 
     model = build_model(recipe.architecture(), width=params.model.width, dropout=params.model.dropout,
                         zero_init_residual=params.model.zero_init_residual)
+    if main_process and getattr(model, "stem_changes", None):
+        print(f"{name}: CIFAR stem ({', '.join(model.stem_changes)})")
+    weights, freeze = _start_from_imagenet(name, model, recipe.freeze_epochs) if recipe.pretrained else (None, None)
     model = model.to(runtime.device, memory_format=runtime.memory_format)
     model, forward = distributed.wrap(model, processes, params.runtime.sync_batchnorm is not False)
-    optimizer = build_optimizer(model, params.train, runtime.device)
+    optimizer = build_optimizer(model, params.train, runtime.device, freeze.is_backbone if freeze else None)
     ema = WeightAverage(model, params.train.ema_decay, params.train.ema_warmup) if params.train.ema_decay else None
     final = ema.module if ema else model  # what is evaluated and written to models/<name>.pt
     epochs, peak_lr, steps = params.model_epochs(name), params.model_lr(name), len(batches)
     training = checkpoint.training_record(name, params, runtime, processes.world_size, heldout_split)
     prepared_hash = data_hash(PREPARED)
     ckpt_path = f"checkpoints/{name}.pt"
-    fingerprint = checkpoint.fingerprint(training, prepared_hash)  # params, data and code of this run
+    # params, data, code (and ImageNet weights) of this run
+    fingerprint = checkpoint.fingerprint(training, prepared_hash, weights and weights["md5"])
     # Rank 0 reads the resume point and hands it to the others (their disks may not have it).
     state, message = distributed.broadcast(checkpoint.load_checkpoint(ckpt_path, fingerprint)
                                            if main_process else None, processes)
@@ -104,7 +112,7 @@ def train(name: str, params: Params, runtime: Runtime, processes: distributed.Pr
     warmup_steps = min(round(params.model_warmup_epochs(name) * steps), epochs * steps // 2)
     forward = torch.compile(forward) if runtime.compile else forward
     step_recipe = StepRecipe(params.train.label_smoothing, _batch_mix(params, name, runtime),
-                             params.train.grad_clip_norm, ema)
+                             params.train.grad_clip_norm, ema, freeze)
     saver = checkpoint.BackgroundSaver()  # resume points, written while the next epoch trains
     prepare = lambda images, labels: (normalize(images), labels.to(runtime.device, non_blocking=True))  # noqa: E731
     with epoch_log(name, epochs, heldout_split, ema is not None, main_process) as log:
@@ -140,9 +148,20 @@ def train(name: str, params: Params, runtime: Runtime, processes: distributed.Pr
                          params=training, prepared_data_hash=prepared_hash,
                          normalize={"mean": mean.tolist(), "std": std.tolist()},
                          classes=json.loads(Path(f"{PREPARED}/classes.json").read_text())["fine"],
-                         history=history, versions=versions())
+                         history=history, versions=versions(), pretrained=weights)
         Path(ckpt_path).unlink(missing_ok=True)  # finished: nothing to resume
         print(_closing_line(name, heldout_split, history))
+
+
+def _start_from_imagenet(name: str, model, freeze_epochs: int) -> tuple[dict, BackboneFreeze | None]:
+    """Load weights/<name>.pt into `model` under its new head; what the model file records of the
+    weights, and the frozen first phase (None without one)."""
+    path = pretrained.path_of(name)
+    try:
+        head = pretrained.load_into(model, path)
+    except ValueError as error:
+        raise UserError(f"{name}: {error}") from None
+    return pretrained.record(path), BackboneFreeze(model, head, freeze_epochs) if freeze_epochs else None
 
 
 def _closing_line(name: str, heldout_split: str, history: list[dict]) -> str:

@@ -7,7 +7,6 @@ the bytes they were.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -17,6 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from helpers.adding import insert_models, original_outputs, snippets
 from helpers.commands import ok, ran_stages, run_cmd
 from helpers.docs import section
 from helpers.models import MODELS, TRAIN_STAGES
@@ -28,45 +28,15 @@ NEW = "resnet101"
 
 def readme_steps() -> tuple[str, str, str]:
     """(the params.yaml block, the dvc.yaml stage, evaluate's dep line) of docs/models.md "Add a model"."""
-    steps = section("models.md", "Add a model")
-    blocks = re.findall(r"```yaml\n(.*?)```", steps, re.S)
-    params_block, stage = (textwrap_dedent(b) for b in blocks[:2])
-    dep = re.search(r"`(- models/resnet101\.pt)`", steps).group(1)
+    params_block, stage = snippets("models.md", "Add a model")[:2]
+    dep = re.search(r"`(- models/resnet101\.pt)`", section("models.md", "Add a model")).group(1)
     return params_block, stage, dep
-
-
-def textwrap_dedent(block: str) -> str:
-    """A docs snippet, indented in its list item, as it goes into the file (two spaces in)."""
-    lines = block.splitlines()
-    indent = min(len(line) - len(line.lstrip()) for line in lines if line.strip())
-    return "\n".join(line[indent:] for line in lines) + "\n"
 
 
 def add_model(root: Path) -> None:
     """The page's three edits, as a script makes them: text inserted, nothing else rewritten."""
     params_block, stage, dep = readme_steps()
-    params = (root / "params.yaml").read_text()
-    indented = "".join(f"  {line}\n" if line else "\n" for line in params_block.splitlines())
-    (root / "params.yaml").write_text(params.replace("\ntrain:\n", "\n" + indented + "\ntrain:\n", 1))
-    pipeline = (root / "dvc.yaml").read_text()
-    stage_text = "".join(f"  {line}\n" if line else "\n" for line in stage.splitlines())
-    pipeline = pipeline.replace("\n  evaluate:\n", "\n" + stage_text + "\n  evaluate:\n", 1)
-    last_model = [m.group(0) for m in re.finditer(r"\n      - models/\w+\.pt", pipeline)][-1]
-    pipeline = pipeline.replace(last_model, f"{last_model}\n      {dep}", 1)
-    (root / "dvc.yaml").write_text(pipeline)
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def original_outputs(root: Path) -> dict[str, str]:
-    """md5 of every output of the original models: weights, curves, metrics, plot tables."""
-    files = [root / f"models/{m}.pt" for m in MODELS] + [root / f"metrics/{m}.json" for m in MODELS]
-    files += [p for m in MODELS for p in sorted((root / "plots/train" / m).rglob("*")) if p.is_file()]
-    files += [root / f"plots/{kind}/{m}.csv" for kind in ("confusion", "reliability", "per_class", "predictions")
-              for m in MODELS]
-    return {str(p.relative_to(root)): md5(p) for p in files}
+    insert_models(root, params_block, stage, [dep.removeprefix("- models/").removesuffix(".pt")])
 
 
 def holm(p_values: list[float]) -> list[float]:

@@ -39,9 +39,10 @@ def training_record(name: str, params: Params, runtime: Runtime, processes: int,
                         "deterministic": params.runtime.deterministic}}
 
 
-def fingerprint(training_params: dict, prepared_hash: str) -> str:
-    blob = json.dumps({"params": training_params, "data": prepared_hash, "code": code_hash()},
-                      sort_keys=True)
+def fingerprint(training_params: dict, prepared_hash: str, weights_md5: str | None = None) -> str:
+    """`weights_md5`: of the ImageNet weights a pretrained model starts from."""
+    blob = json.dumps({"params": training_params, "data": prepared_hash, "code": code_hash(),
+                       **({"weights": weights_md5} if weights_md5 else {})}, sort_keys=True)
     return hashlib.md5(blob.encode()).hexdigest()
 
 

@@ -14,6 +14,7 @@ from src.accuracy import topk_hits
 from src.runtime import Runtime
 from src.train.distributed import all_sum
 from src.train.ema import WeightAverage
+from src.train.freeze import BackboneFreeze
 from src.train.mix import BatchMix
 from src.train.optim import get_lr, set_lr
 
@@ -33,6 +34,7 @@ class StepRecipe:
     mix: BatchMix | None          # mixup / CutMix of the batch; None: off
     grad_clip_norm: float | None
     ema: WeightAverage | None = None  # updated after every step; None: off
+    freeze: BackboneFreeze | None = None  # the frozen first epochs of a pretrained model; None: none
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -66,6 +68,8 @@ def train_epoch(model, optimizer, batches, prepare, recipe: StepRecipe, runtime:
     show a progress bar (rank 0 does). Raises Diverged as soon as a check finds a non-finite loss.
     """
     model.train()
+    if recipe.freeze is not None:
+        recipe.freeze.start_epoch(epoch, optimizer)
     rng = np.random.default_rng([seed, epoch, 1])  # mixup/CutMix draws: repeatable after a resume
     losses, corrects, lrs = [], [], []
     seen, checked, start = 0, 0, time.perf_counter()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -9,18 +10,24 @@ from torch import nn
 from src.params import TrainParams
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool,
+                 is_backbone: Callable[[nn.Parameter], bool] | None = None) -> list[dict]:
     """Weight decay on conv and linear weights only (unless asked): decaying BatchNorm's
-    scale and the biases only fights the normalisation and costs accuracy."""
+    scale and the biases only fights the normalisation and costs accuracy. With `is_backbone`
+    (src/train/freeze.py) each group is split in two, the backbone's marked `backbone: True`."""
     decay, no_decay = [], []
     for param in model.parameters():
         (decay if param.ndim > 1 or decay_norm_and_bias else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if is_backbone is None:
+        return groups
+    return [{**group, "params": [p for p in group["params"] if is_backbone(p) == backbone], "backbone": backbone}
+            for group in groups for backbone in (False, True)]
 
 
-def build_optimizer(model: nn.Module, params: TrainParams, device: torch.device) -> torch.optim.SGD:
-    groups = param_groups(model, params.weight_decay, params.decay_norm_and_bias)
+def build_optimizer(model: nn.Module, params: TrainParams, device: torch.device,
+                    is_backbone: Callable[[nn.Parameter], bool] | None = None) -> torch.optim.SGD:
+    groups = param_groups(model, params.weight_decay, params.decay_norm_and_bias, is_backbone)
     # fused: one CUDA kernel for the whole update; foreach (the CPU default) elsewhere.
     return torch.optim.SGD(groups, lr=0.0, momentum=params.momentum, nesterov=params.nesterov,
                            fused=device.type == "cuda" or None)
@@ -42,5 +49,12 @@ def get_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float, sched
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's rate, times a group's `lr_scale` (0 for a frozen backbone)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def set_lr_scale(optimizer: torch.optim.Optimizer, scale: float, which: Callable[[dict], bool]) -> None:
+    for group in optimizer.param_groups:
+        if which(group):
+            group["lr_scale"] = scale
