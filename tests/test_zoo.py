@@ -167,3 +167,22 @@ def test_weights_of_other_options_are_refused_saying_why(imagenet_file):
     with pytest.raises(ValueError, match=r"mobilenet.pt does not fit the model: \d+ tensors differ, e.g. "
                                          r"features.0.0.weight \(file \(8, 3, 3, 3\), model \(16, 3, 3, 3\)\)"):
         pretrained.load_into(wider, path)
+
+
+# --------------------------------------------------------------------------- the custom CNN (code)
+
+def test_the_custom_cnn_is_built_from_its_block_and_classifies_32x32_images():
+    architecture = {"module": "custom_cnn", "options": {"blocks": 3, "convs_per_block": 2, "block_dropout": 0.25}}
+    model = build_model(architecture, num_classes=100, width=4, dropout=0.2).eval()
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
+    # Blocks of 4, 8 and 16 channels, two 3x3 convolutions each (no bias) with their BatchNorms, then
+    # the classifier on the 16 pooled channels.
+    convs = 3 * 4 * 9 + 4 * 4 * 9 + 4 * 8 * 9 + 8 * 8 * 9 + 8 * 16 * 9 + 16 * 16 * 9
+    assert sum(p.numel() for p in model.parameters()) == convs + 2 * 2 * (4 + 8 + 16) + 16 * 100 + 100
+
+
+@pytest.mark.parametrize("options, message", [({"blocks": 6}, "a 32x32 image takes 1 to 5 blocks"),
+                                              ({"convs_per_block": 0}, "convs_per_block must be at least 1")])
+def test_custom_cnn_options_a_32x32_image_cannot_take_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_model({"module": "custom_cnn", "options": options}, width=4)
