@@ -19,7 +19,7 @@ Budgets (batch 128, 1 epoch of per-step linear warmup from 0 then cosine to 0, N
 weight decay 5e-4 on conv/linear weights, label smoothing 0.1; always the full 10,000-image
 test split):
   10k      ResNet-18 width 16, 2 epochs, lr 0.1, the first 10,000 training images, seeds 0 1 2;
-           both sides: pad-4 random crop, flip, Cutout 16 (p 0.5)
+           both sides: pad-4 random crop (padded as params.yaml's augment.crop_fill), flip, Cutout 16 (p 0.5)
   50k      the same on all 50,000 training images, the first seed only
   mobilenet-10k, cnn-10k  the 10k budget (seeds 0 1 2) for torchvision's MobileNetV2 (width_mult
            0.5, CIFAR stem) and the custom CNN (width 32), at about ResNet-18 width 16's compute; the
@@ -92,7 +92,9 @@ GOAL_MARGIN = 0.5        # top-1 points: project mean >= plain mean - GOAL_MARGI
 # ResNet-18 budgets "10k" and "50k": the project's recipe, mirrored by the plain loop
 R18_EPOCHS = 2
 R18_LR = 0.1             # peak, both sides
-R18_CROP_PADDING = 4     # pixels of zero padding before the random 32x32 crop
+R18_CROP_PADDING = 4     # pixels of padding before the random 32x32 crop
+# What it pads with, both sides: params.yaml's augment.crop_fill (black, mean or reflect).
+R18_CROP_FILL = yaml.safe_load((ROOT / "params.yaml").read_text())["augment"]["crop_fill"]
 
 # The other architectures' budgets "mobilenet-10k" and "cnn-10k": the 10k budget's params
 MOBILENET_WIDTH = 0.5    # width_mult: 28 M multiply-adds per image with the CIFAR stem
@@ -154,9 +156,9 @@ def r18_project(images: int) -> dict:
 
 BUDGETS = {budget.name: budget for budget in (
     Budget("10k", "resnet18", "ResNet-18", 10_000, True, r18_project(10_000),
-           PlainRecipe("resnet18", 10_000, R18_EPOCHS, R18_LR, "crop")),
+           PlainRecipe("resnet18", 10_000, R18_EPOCHS, R18_LR, "crop", pad_fill=R18_CROP_FILL)),
     Budget("50k", "resnet18", "ResNet-18", TRAIN_IMAGES, False, r18_project(TRAIN_IMAGES),
-           PlainRecipe("resnet18", TRAIN_IMAGES, R18_EPOCHS, R18_LR, "crop")),
+           PlainRecipe("resnet18", TRAIN_IMAGES, R18_EPOCHS, R18_LR, "crop", pad_fill=R18_CROP_FILL)),
     # Other architectures at the 10k budget, at about ResNet-18 width 16's 35 M multiply-adds per
     # image; the project's side only (no plain loop of theirs).
     Budget("mobilenet-10k", "mobilenet_v2", "MobileNetV2 x0.5 (torchvision, CIFAR stem)", 10_000, True,

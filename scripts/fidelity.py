@@ -12,7 +12,9 @@ The runs, seed by seed (0, 1, 2):
   loop-<fill>                  scripts/convergence.py's plain loop (torchvision's CIFAR100 reader
                                and ResNet blocks, transforms v2, written apart from src/), padding
                                with --loop-fill (default: params.yaml's augment.crop_fill)
-About 20-25 minutes a run on two CPU cores: run it alone. Each result is appended to --results
+The project arms run the code of the commit the scratch copy was made from (its `commit`), so
+delete the scratch folder to measure a newer one. About 20-25 minutes a run on two CPU cores: run
+it alone. Each result is appended to --results
 (one JSON line) as it ends, and a second start skips the runs already there, so the study can
 be stopped and resumed. The table: each arm's mean, sample sd and seeds, and each project arm
 minus the loop with a 95% Welch interval.
@@ -61,7 +63,19 @@ def project_repo(folder: Path, archive: Path, md5: str) -> Path:
     git = ["git", "-c", "user.name=fidelity", "-c", "user.email=fidelity@localhost", "-c", "commit.gpgsign=false"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "ResNet-18 alone, the fidelity budget"]):
         subprocess.run([*git, *args], cwd=folder, check=True)
+    (folder / ".git" / "source-commit").write_text(head_commit())  # what the project runs are of
     return folder
+
+
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def source_commit(repo: Path) -> str:
+    """The commit of this checkout the scratch copy was made from (the project arms' code)."""
+    recorded = repo / ".git" / "source-commit"
+    return recorded.read_text().strip() if recorded.exists() else "unknown"
 
 
 def run_project(repo: Path, fill: str, seed: int) -> dict:
@@ -162,8 +176,7 @@ def main() -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     archive = convergence.genuine_archive(args.archive, scratch)
     md5 = args.archive_md5 or (defaults["data"]["md5"] if args.archive else convergence.GENUINE_MD5)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = head_commit()  # the loop's code (scripts/convergence.py) is this checkout's
     plan = [(arm, seed) for seed in args.seeds for arm in (*(f"project-{f}" for f in PROJECT_FILLS),
                                                            f"loop-{loop_fill}")]
     done = {(r["arm"], r["seed"]) for r in read_results(results)}
@@ -181,7 +194,8 @@ def main() -> None:
             cifar_root = cifar_root or convergence.torchvision_root(archive, scratch)
             scores = run_loop(cifar_root, arm.removeprefix("loop-"), seed)
         row = {"arm": arm, "seed": seed, **scores, "seconds": round(time.perf_counter() - start, 1),
-               "commit": commit, "date": f"{datetime.date.today()}", "machine": machine()}
+               "commit": source_commit(repo) if arm.startswith("project-") else commit,
+               "date": f"{datetime.date.today()}", "machine": machine()}
         with results.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{arm} seed {seed}: top-1 {row['top1']:.2f}, top-5 {row['top5']:.2f} "

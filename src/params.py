@@ -73,7 +73,7 @@ class ModelAugment(Section):
     crop_padding: int = Field(default=4, ge=0, le=16)
     # What the pad-4 crop pads with: black (0, torchvision's RandomCrop default), the training split's
     # mean colour (0 after normalisation, as Cutout's hole), or the image reflected at its border.
-    crop_fill: Literal["black", "mean", "reflect"] = "black"
+    crop_fill: Literal["black", "mean", "reflect"] = "mean"
     resized_scale: tuple[float, float] = (0.35, 1.0)
     resized_ratio: tuple[float, float] = (0.75, 4 / 3)
     hflip_p: float = Field(default=0.5, ge=0, le=1)

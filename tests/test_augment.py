@@ -186,7 +186,7 @@ def test_train_pipeline_hflip_only_mirrors():
 
 def test_train_pipeline_pads_and_crops():
     """Padding 4 + random 32x32 crop: each output is the zero-padded input shifted by <= 4."""
-    params = AugmentParams(crop_padding=4, hflip_p=0.0, cutout_size=0)
+    params = AugmentParams(crop_padding=4, crop_fill="black", hflip_p=0.0, cutout_size=0)
     uint8_part, _, _ = pipelines.split_normalize(pipelines.build_train(params, MEAN, STD))
     uint8_part.set_random_seed(0)
     images = random_images(40, low=1)  # no zeros, so the padding shows
