@@ -189,7 +189,9 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(repo):
     assert len(modules) > 20
     # One module of each set of stages that list theirs: DVC marks what dvc.yaml lists (shown here
     # once per set), and test_lineage checks each listing against the stages' imports.
-    modules = list({frozenset(_stages_listing(str(m))): m for m in modules}.values())
+    # (The modules no default stage lists, such as stages/weights.py or an example architecture
+    # module, mark nothing: docs/models.md adds them with the models that use them.)
+    modules = list({frozenset(_stages_listing(str(m))): m for m in modules if _stages_listing(str(m))}.values())
     assert len(modules) > 5
     for module in modules:
         path = repo.root / module
