@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from src.train.optim import set_lr_scale
-
 
 class BackboneFreeze:
     def __init__(self, model: nn.Module, head: set[str], epochs: int):
@@ -27,12 +25,12 @@ class BackboneFreeze:
     def start_epoch(self, epoch: int, optimizer) -> None:
         """After model.train(), before the epoch's first step."""
         frozen = epoch < self.epochs
-        set_lr_scale(optimizer, 0.0 if frozen else 1.0, lambda group: group.get("backbone", False))
+        backbone = [group for group in optimizer.param_groups if group.get("backbone")]
+        for group in backbone:
+            group["lr_scale"] = 0.0 if frozen else 1.0  # src/train/optim.py's set_lr applies it
         if frozen:
             for norm in self.norms:
                 norm.eval()
         elif epoch == self.epochs:  # thawing: momentum gathered while frozen would move it at once
-            for group in optimizer.param_groups:
-                if group.get("backbone"):
-                    for param in group["params"]:
-                        optimizer.state.pop(param, None)
+            for param in (p for group in backbone for p in group["params"]):
+                optimizer.state.pop(param, None)

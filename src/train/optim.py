@@ -53,8 +53,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
-
-def set_lr_scale(optimizer: torch.optim.Optimizer, scale: float, which: Callable[[dict], bool]) -> None:
-    for group in optimizer.param_groups:
-        if which(group):
-            group["lr_scale"] = scale
