@@ -158,10 +158,10 @@ def _start_from_imagenet(name: str, model, freeze_epochs: int) -> tuple[dict, Ba
     weights, and the frozen first phase (None without one)."""
     path = pretrained.path_of(name)
     try:
-        head = pretrained.load_into(model, path)
+        head, record = pretrained.load_into(model, path)
     except ValueError as error:
         raise UserError(f"{name}: {error}") from None
-    return pretrained.record(path), BackboneFreeze(model, head, freeze_epochs) if freeze_epochs else None
+    return record, BackboneFreeze(model, head, freeze_epochs) if freeze_epochs else None
 
 
 def _closing_line(name: str, heldout_split: str, history: list[dict]) -> str:

@@ -131,11 +131,11 @@ def imagenet_file(tmp_path, monkeypatch):
 def test_imagenet_weights_load_under_a_new_head_and_the_frozen_phase_leaves_the_backbone_as_loaded(imagenet_file):
     path, imagenet = imagenet_file
     model = build_model(TINY_MOBILENET)
-    head = pretrained.load_into(model, path)
+    head, record = pretrained.load_into(model, path)
     assert head == {"classifier.1.weight", "classifier.1.bias"}
     loaded = {k: v.clone() for k, v in model.state_dict().items()}
     assert all(torch.equal(loaded[k], imagenet[k]) for k in imagenet if not k.startswith("classifier"))
-    assert pretrained.record(path)["md5"] and pretrained.record(path)["zoo"] == "torchvision"
+    assert record["md5"] and record["zoo"] == "torchvision"
 
     freeze = BackboneFreeze(model, head, epochs=1)
     optimizer = build_optimizer(model, TrainParams(), torch.device("cpu"), freeze.is_backbone)

@@ -94,9 +94,10 @@ def _first_line(error: BaseException) -> str:
     return (text.splitlines()[0] if text else type(error).__name__)[:300]
 
 
-def load_into(model: nn.Module, path: Path) -> set[str]:
+def load_into(model: nn.Module, path: Path) -> tuple[set[str], dict]:
     """Load the ImageNet weights file at `path` into `model`, every tensor but the 1000-class
-    classifier's; returns the names of the parameters left as built (the new head).
+    classifier's. Returns the names of the parameters left as built (the new head), and what the
+    model file and the metrics' provenance record of the file: its path, md5 and source.
 
     A ValueError when the file does not fit: made for other options or another architecture."""
     try:
@@ -118,14 +119,10 @@ def load_into(model: nn.Module, path: Path) -> set[str]:
                          f"e.g. {example} ({detail}). Were the weights made with other options? Delete the "
                          "file and run `dvc repro` again to fetch them for this block")
     model.load_state_dict(loaded, strict=False)
-    return {name for name, _ in model.named_parameters() if name not in loaded}
+    head = {name for name, _ in model.named_parameters() if name not in loaded}
+    return head, {"file": path.as_posix(), "md5": file_md5(path), **file.get("source", {})}
 
 
 def _is_classifier(tensor: torch.Tensor) -> bool:
     return tensor.ndim >= 1 and tensor.shape[0] == IMAGENET_CLASSES
 
-
-def record(path: Path) -> dict:
-    """What the model file and the metrics' provenance say of the weights a model started from."""
-    source = torch.load(path, map_location="cpu", weights_only=True).get("source", {})
-    return {"file": path.as_posix(), "md5": file_md5(path), **source}
