@@ -33,9 +33,10 @@ test split):
 The plain loop's Cutout is DeVries & Taylor's original at every budget (a centre anywhere in the
 image, the hole clipped at the border).
 Goal: project mean top-1 >= plain mean top-1 - 0.5 points at every budget (mean over seeds).
-Time on 2 AVX2 CPU cores (both sides): 10k ~5 min a seed, 50k ~15 min, r50-10k ~29 min a seed:
-about 2 hours in all; on 2 AVX-512 cores (the project only) mobilenet-10k ~4 min a seed, cnn-10k
-under 2 min.
+Time on 2 AVX-512 CPU cores (both sides): 10k ~2 min a seed, 50k ~7 min, r50-10k ~12 min a seed:
+about 50 minutes in all (about 2 hours on 2 AVX2 cores); the project only, mobilenet-10k ~4 min a
+seed, cnn-10k under 2 min. At 2 epochs a seed moves a side by a point or two: more seeds
+(--seeds 0 1 2 3 4 5) give a steadier mean at 10k.
 """
 from __future__ import annotations
 
