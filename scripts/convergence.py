@@ -79,6 +79,7 @@ GENUINE_MD5 = "9c600102c9dd81479547f7fbb69f9571"  # the repack in ../shared/cifa
 # The recipes. Units: images, epochs, learning rate at BATCH_SIZE images per step.
 CLASSES = 100
 TRAIN_IMAGES = 50_000    # the whole training split
+DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())  # the project's params.yaml, as checked out
 BATCH_SIZE = 128         # images per optimizer step, every budget, both sides
 WARMUP_EPOCHS = 1        # epochs of per-step linear warmup from 0, then cosine to 0
 WIDTH = 16               # channels of the first stage (64: the standard ResNet); later x2, x4, x8
@@ -96,7 +97,7 @@ R18_EPOCHS = 2
 R18_LR = 0.1             # peak, both sides
 R18_CROP_PADDING = 4     # pixels of padding before the random 32x32 crop
 # What it pads with, both sides: params.yaml's augment.crop_fill (black, mean or reflect).
-R18_CROP_FILL = yaml.safe_load((ROOT / "params.yaml").read_text())["augment"]["crop_fill"]
+R18_CROP_FILL = DEFAULTS["augment"]["crop_fill"]
 
 # The other architectures' budgets "mobilenet-10k" and "cnn-10k": the 10k budget's params
 MOBILENET_WIDTH = 0.5    # width_mult: 28 M multiply-adds per image with the CIFAR stem
@@ -219,7 +220,6 @@ class ProjectCopy:
         folder.mkdir(parents=True)
         for name in ("src", "stages"):
             shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-        self.base = yaml.safe_load((ROOT / "params.yaml").read_text())
         self.downloaded = False
 
     def stage(self, *args: str) -> None:
@@ -232,7 +232,7 @@ class ProjectCopy:
 
     def params(self, seed: int, settings: dict, overrides: dict) -> dict:
         """params.yaml with the seed, the genuine archive, a budget's settings and the --set overrides."""
-        params = json.loads(json.dumps(self.base))
+        params = json.loads(json.dumps(DEFAULTS))
         for key, value in {"seed": seed, "data.url": str(self.archive), "data.md5": self.archive_md5,
                            **settings, **overrides}.items():
             set_param(params, key, value)

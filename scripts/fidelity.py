@@ -170,12 +170,11 @@ def main() -> None:
     if args.table:
         print(table(read_results(results)))
         return
-    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
-    loop_fill = args.loop_fill or defaults["augment"]["crop_fill"]
+    loop_fill = args.loop_fill or convergence.R18_CROP_FILL  # params.yaml's augment.crop_fill
     scratch = Path(args.scratch) if args.scratch else results.with_suffix(".work")
     scratch.mkdir(parents=True, exist_ok=True)
     archive = convergence.genuine_archive(args.archive, scratch)
-    md5 = args.archive_md5 or (defaults["data"]["md5"] if args.archive else convergence.GENUINE_MD5)
+    md5 = args.archive_md5 or (convergence.DEFAULTS["data"]["md5"] if args.archive else convergence.GENUINE_MD5)
     commit = head_commit()  # the loop's code (scripts/convergence.py) is this checkout's
     plan = [(arm, seed) for seed in args.seeds for arm in (*(f"project-{f}" for f in PROJECT_FILLS),
                                                            f"loop-{loop_fill}")]

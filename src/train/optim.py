@@ -52,4 +52,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """The schedule's rate, times a group's `lr_scale` (0 for a frozen backbone)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-
